@@ -1,0 +1,289 @@
+"""The ``control-plane`` console script; the only place that configures logging.
+
+control-plane serve [--host 127.0.0.1] [--port 8000] [--address ADDR]
+control-plane demo                       # serve, plus example jobs
+control-plane submit jobs.examples:countdown --arg steps=50 --arg delay=0.05
+control-plane status|pause|resume|cancel|watch JOB_ID
+control-plane list
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+logger = logging.getLogger("control_plane.cli")
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _kv(pairs: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--arg takes key=value, got {pair!r}")
+        out[key] = _parse_value(value)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="control-plane", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    for name, help_text in (
+        ("serve", "run the control plane until SIGINT/SIGTERM"),
+        ("demo", "serve, plus example jobs so there is live work to watch"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=8000)
+        p.add_argument("--address", default=None, help="Ray cluster to attach to (RAY_ADDRESS)")
+        p.add_argument("--token", default=None, help="token to require (CONTROL_PLANE_TOKEN)")
+        p.add_argument("--no-auth", action="store_true", help="development only, loopback only")
+        p.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN")
+        p.add_argument("--metrics-interval", type=float, default=5.0, metavar="SECONDS")
+        p.add_argument("--stall-after", type=float, default=300.0, metavar="SECONDS")
+        p.add_argument("--replicas", type=int, default=1, help="gateway replicas")
+        if name == "demo":
+            p.add_argument(
+                "--rounds", type=int, default=0, help="rounds of example jobs (0: until stopped)"
+            )
+            p.add_argument("--every", type=float, default=20.0, help="seconds between rounds")
+
+    def attach(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--address", default=None, help="Ray cluster (default: RAY_ADDRESS/auto)")
+
+    p = sub.add_parser("submit", help="submit a job: module:function")
+    p.add_argument("target")
+    p.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--name", default=None)
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="job options: pause_timeout, cancel_grace, num_cpus",
+    )
+    p.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    attach(p)
+    for name in ("status", "pause", "resume", "cancel"):
+        p = sub.add_parser(name, help=f"{name} a job")
+        p.add_argument("job_id")
+        attach(p)
+    p = sub.add_parser("list", help="list jobs")
+    p.add_argument("--state", action="append", default=[])
+    attach(p)
+    p = sub.add_parser("watch", help="show a job's live progress")
+    p.add_argument("job_id")
+    p.add_argument("--url", default=os.environ.get("CONTROL_PLANE_URL", "ws://127.0.0.1:8000/ws"))
+    p.add_argument("--token", default=None)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command in ("serve", "demo"):
+            return _serve(args)
+        if args.command == "watch":
+            return asyncio.run(_watch(args))
+        return _job_command(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:
+        from control_plane.errors import ControlPlaneError
+
+        if isinstance(e, ControlPlaneError):
+            print(f"error: {e.message}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import control_plane
+    from control_plane.system import SystemConfig
+
+    info = control_plane.start(
+        host=args.host,
+        port=args.port,
+        address=args.address,
+        token=args.token,
+        no_auth=args.no_auth,
+        allowed_origins=args.allowed_origin,
+        system=SystemConfig(metrics_interval=args.metrics_interval, stall_after=args.stall_after),
+        num_replicas=args.replicas,
+    )
+    stop = threading.Event()
+    # ray.init installs its own SIGTERM handler; ours goes in after it.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"Dashboard: {info.url}", flush=True)
+    print(f"WebSocket: {info.ws_url}  (Authorization: Bearer <token>)", flush=True)
+    print("control plane ready", flush=True)
+    demo: threading.Thread | None = None
+    if args.command == "demo":
+        demo = threading.Thread(
+            target=_demo_rounds, args=(args.rounds, args.every, stop), daemon=True
+        )
+        demo.start()
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        print("stopping", flush=True)
+        control_plane.stop()
+        print("stopped", flush=True)
+    return 0
+
+
+def _demo_rounds(rounds: int, every: float, stop: threading.Event) -> None:
+    import control_plane
+
+    n = 0
+    while not stop.is_set() and (rounds == 0 or n < rounds):
+        n += 1
+        try:
+            jobs = [
+                control_plane.submit(
+                    "jobs.examples:countdown", steps=40, delay=0.25, job_name=f"countdown #{n}"
+                ),
+                control_plane.submit(
+                    "jobs.examples:agents_pipeline", job_name=f"agents pipeline #{n}"
+                ),
+                control_plane.submit(
+                    "jobs.examples:fail", after=5, delay=0.4, job_name=f"fail #{n}"
+                ),
+            ]
+            logger.info("demo round %d: jobs %s", n, ", ".join(j.job_id for j in jobs))
+        except Exception:
+            if stop.is_set():
+                return
+            logger.exception("demo round %d failed", n)
+        stop.wait(every)
+
+
+def _connect(address: str | None) -> None:
+    import ray
+
+    from control_plane import runtime
+
+    if not ray.is_initialized():
+        target = address or os.environ.get("RAY_ADDRESS") or "auto"
+        ray.init(address=target, logging_level=logging.WARNING, namespace=runtime.NAMESPACE)
+
+
+def _print_status(status: Any) -> None:
+    print(json.dumps(status.model_dump(mode="json"), indent=2))
+
+
+def _job_command(args: argparse.Namespace) -> int:
+    import ray
+
+    import control_plane
+
+    _connect(args.address)
+    if args.command == "submit":
+        job = control_plane.submit(
+            args.target,
+            job_name=args.name,
+            job_options=_kv(args.option) or None,
+            **_kv(args.arg),
+        )
+        print(job.job_id, flush=True)
+        if args.wait:
+            print(json.dumps(ray.get(job.result), default=str))
+        return 0
+    if args.command == "list":
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("job", "name", "state", "progress", "owner", "updated")
+        for s in control_plane.list_jobs(args.state or None):
+            table.add_row(
+                s.job_id, s.name, s.state.value, f"{s.progress:.0f}%", s.owner, s.updated_at
+            )
+        Console().print(table)
+        return 0
+    handle = control_plane.JobHandle(args.job_id, None)
+    method = {
+        "status": handle.status,
+        "pause": handle.pause,
+        "resume": handle.resume,
+        "cancel": handle.cancel,
+    }[args.command]
+    _print_status(method())
+    return 0
+
+
+async def _watch(args: argparse.Namespace) -> int:
+    import websockets
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from control_plane import auth
+
+    token = auth.resolve_token(args.token)
+    headers = {"Authorization": f"Bearer {token}"}
+    terminal = {"job.completed", "job.failed", "job.cancelled"}
+    with Progress(
+        TextColumn("[bold]{task.fields[job]}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>5.1f}%"),
+        TextColumn("{task.fields[state]}"),
+        TextColumn("{task.fields[note]}"),
+        TimeElapsedColumn(),
+    ) as progress:
+        bar = progress.add_task("job", total=100, job=args.job_id, state="…", note="")
+        async with websockets.connect(args.url, additional_headers=headers) as ws:
+            await ws.send(
+                json.dumps({"type": "subscribe", "channels": [f"job:{args.job_id}"], "since": 0})
+            )
+            async for raw in ws:
+                msg = json.loads(raw)
+                kind, data = msg.get("type", ""), msg.get("data", {})
+                if kind == "ping":
+                    await ws.send(json.dumps({"type": "pong"}))
+                    continue
+                if kind == "error":
+                    progress.stop()
+                    print(f"error: {data.get('message')}", file=sys.stderr)
+                    return 1
+                if kind == "job.progress":
+                    progress.update(
+                        bar, completed=data.get("progress", 0), note=data.get("message") or ""
+                    )
+                elif kind.startswith("agent."):
+                    note = data.get("output") or f"{data.get('agent_id')} {kind.split('.')[1]}"
+                    progress.update(bar, note=str(note)[:60])
+                if "status" in data:
+                    progress.update(bar, state=data["status"])
+                if kind == "job.completed":
+                    progress.update(bar, completed=100)
+                if kind in terminal:
+                    progress.stop()
+                    outcome = data.get("result") if kind == "job.completed" else data.get("error")
+                    print(f"{kind.split('.')[1]}: {json.dumps(outcome, default=str)}")
+                    return 0 if kind == "job.completed" else 1
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,312 @@
+"""The controller actor: creates job actors, owns their results, routes commands.
+
+A named, detached actor, so jobs belong to the control plane and not to the driver that
+submitted them. It holds the ObjectRef of every job's ``run`` call (so results outlive the
+submitting driver), keeps the :class:`~control_plane.controller.JobRegistry` in step by
+listening to the hub like any other reader, and publishes ``system.*`` events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import ray
+from ray.actor import ActorHandle
+from ray.exceptions import GetTimeoutError, RayActorError
+
+from control_plane import runtime
+from control_plane.controller import JobRecord, JobRegistry
+from control_plane.emitter import EventEmitter, wait_refs
+from control_plane.errors import (
+    InvalidTransitionError,
+    JobCancelledError,
+    JobFailedError,
+    JobNotFoundError,
+)
+from control_plane.protocol import SYSTEM_CHANNEL, make_event, utc_now_iso
+from control_plane.system import AlertRules, SystemConfig, collect_cluster_metrics
+from jobs.actor import JobActorRemote, JobOptions, target_name
+from jobs.lifecycle import JobState, JobStatus
+
+logger = logging.getLogger(__name__)
+
+STATUS_TIMEOUT = 5.0
+REAP_DELAY = 0.5
+
+
+class Controller:
+    def __init__(self, config: SystemConfig | None = None) -> None:
+        self._config = config or SystemConfig()
+        self._hub = runtime.hub()
+        self._self: ActorHandle | None = None
+        self._registry = JobRegistry()
+        self._actors: dict[str, ActorHandle] = {}
+        self._runs: dict[str, ray.ObjectRef[Any]] = {}
+        self._options: dict[str, JobOptions] = {}
+        self._rules = AlertRules(self._config)
+        self._emitter = EventEmitter(
+            lambda batch: self._hub.publish.remote(batch),
+            wait_refs,
+        )
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._started = False
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def ready(self) -> bool:
+        """Start the background loops (hub listener, metrics); idempotent."""
+        if not self._started:
+            self._started = True
+            self._self = ray.get_runtime_context().current_actor
+            self._spawn(self._follow_hub())
+            self._spawn(self._metrics_loop())
+        return True
+
+    # --- submitting ----------------------------------------------------------------------
+
+    async def submit(
+        self,
+        target: str | Callable[..., Any],
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        name: str | None = None,
+        owner: str | None = None,
+        options: JobOptions | None = None,
+    ) -> tuple[str, ActorHandle]:
+        await self.ready()
+        options = options or JobOptions()
+        job_id = uuid.uuid4().hex[:12]
+        name = name or target_name(target)
+        owner = owner or getpass.getuser()
+        created_at = utc_now_iso()
+        actor_options: dict[str, Any] = {
+            "name": runtime.job_actor_name(job_id),
+            "namespace": runtime.NAMESPACE,
+            "lifetime": "detached",
+            "num_cpus": options.num_cpus,
+            "max_restarts": 0,
+        }
+        if options.resources:
+            actor_options["resources"] = options.resources
+        if options.runtime_env:
+            actor_options["runtime_env"] = options.runtime_env
+        actor = JobActorRemote.options(**actor_options).remote(
+            job_id,
+            target,
+            tuple(args),
+            dict(kwargs or {}),
+            name,
+            owner,
+            created_at,
+            options,
+            self._hub,
+            self._self,
+        )
+        self._registry.add(JobRecord(job_id, name, owner, created_at, updated_at=created_at))
+        self._actors[job_id] = actor
+        self._options[job_id] = options
+        self._emitter.emit(
+            make_event(
+                "job.created",
+                {"job_id": job_id, "status": "pending", "name": name, "owner": owner},
+            ),
+            True,
+        )
+        ref = actor.run.remote()
+        self._runs[job_id] = ref
+        self._spawn(self._watch(job_id, actor, ref))
+        return job_id, actor
+
+    async def _watch(self, job_id: str, actor: ActorHandle, ref: ray.ObjectRef[Any]) -> None:
+        """Wait for the run to end; then free the job's actor. Report a death no one saw."""
+        try:
+            await ref
+        except RayActorError as e:
+            record = self._registry.get(job_id)
+            if record is not None and not record.state.terminal:
+                await asyncio.sleep(0.2)  # the actor's own last events may still be in flight
+                if not record.state.terminal:
+                    reason = f"job actor died: {type(e).__name__}"
+                    self._emitter.emit(
+                        make_event(
+                            "job.failed", {"job_id": job_id, "status": "failed", "error": reason}
+                        ),
+                        True,
+                    )
+        except Exception:
+            pass  # a typed job error: the actor already reported it
+        finally:
+            self._actors.pop(job_id, None)
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:
+                logger.debug("job actor %s already gone", job_id, exc_info=True)
+
+    # --- results and status --------------------------------------------------------------
+
+    def _record(self, job_id: str) -> JobRecord:
+        record = self._registry.get(job_id)
+        if record is None:
+            raise JobNotFoundError(job_id)
+        return record
+
+    async def result(self, job_id: str) -> Any:
+        """The job's return value; a failed or cancelled job raises its typed error."""
+        self._record(job_id)
+        ref = self._runs.get(job_id)
+        if ref is None:
+            raise JobNotFoundError(job_id)
+        try:
+            return await ref
+        except JobCancelledError as e:
+            raise JobCancelledError(job_id, forced=e.forced) from None
+        except JobFailedError as e:
+            raise JobFailedError(job_id, e.error, e.traceback) from None
+        except RayActorError as e:
+            record = self._record(job_id)
+            for _ in range(20):  # let the actor's last event land in the registry
+                if record.state.terminal:
+                    break
+                await asyncio.sleep(0.05)
+            if record.state is JobState.CANCELLED:
+                raise JobCancelledError(job_id, forced=record.forced) from None
+            raise JobFailedError(job_id, f"job actor died: {e}") from None
+
+    async def get_status(self, job_id: str) -> JobStatus:
+        record = self._record(job_id)
+        actor = self._actors.get(job_id)
+        if actor is not None and not record.state.terminal:
+            try:
+                status: JobStatus = await asyncio.wait_for(
+                    _as_future(actor.status.remote()), STATUS_TIMEOUT
+                )
+                return status
+            except (RayActorError, TimeoutError, GetTimeoutError):
+                pass
+        return record.status()
+
+    async def list_jobs(self, states: list[str] | None = None) -> list[JobStatus]:
+        wanted = set(states or ())
+        return [
+            r.status() for r in self._registry.records() if not wanted or r.state.value in wanted
+        ]
+
+    async def job_actor(self, job_id: str) -> ActorHandle | None:
+        self._record(job_id)
+        return self._actors.get(job_id)
+
+    # --- commands ------------------------------------------------------------------------
+
+    async def _command(self, job_id: str, command: str) -> JobStatus:
+        record = self._record(job_id)
+        actor = self._actors.get(job_id)
+        if actor is None or record.state.terminal:
+            if command == "cancel" and record.state is JobState.CANCELLED:
+                return record.status()
+            raise InvalidTransitionError(job_id, record.state.value, command)
+        try:
+            status: JobStatus = await getattr(actor, command).remote()
+            return status
+        except RayActorError:
+            return await self._settled_status(job_id, command)
+
+    async def _settled_status(self, job_id: str, command: str) -> JobStatus:
+        record = self._record(job_id)
+        for _ in range(20):
+            if record.state.terminal:
+                break
+            await asyncio.sleep(0.05)
+        if command != "cancel" or record.state is not JobState.CANCELLED:
+            raise InvalidTransitionError(job_id, record.state.value, command)
+        return record.status()
+
+    async def pause_job(self, job_id: str) -> JobStatus:
+        return await self._command(job_id, "pause")
+
+    async def resume_job(self, job_id: str) -> JobStatus:
+        return await self._command(job_id, "resume")
+
+    async def cancel_job(self, job_id: str) -> JobStatus:
+        return await self._command(job_id, "cancel")
+
+    async def reap_job(self, job_id: str, forced: bool = False) -> None:
+        """Kill a job's actor after a moment (the actor asks this after a forced cancel)."""
+        await asyncio.sleep(REAP_DELAY)
+        actor = self._actors.pop(job_id, None) or runtime.get_actor(runtime.job_actor_name(job_id))
+        if actor is not None:
+            ray.kill(actor, no_restart=True)
+
+    # --- background loops ----------------------------------------------------------------
+
+    async def _follow_hub(self) -> None:
+        epoch: str | None = None
+        cursor = 0
+        while True:
+            try:
+                result = await self._hub.listen.remote(epoch, cursor, 30.0)
+            except RayActorError:
+                await asyncio.sleep(0.5)
+                continue
+            if result.reset:
+                epoch = result.epoch
+            for entry in result.entries:
+                if entry.type.startswith("job."):
+                    self._registry.apply_frame(entry.frame)
+            epoch = result.epoch
+            cursor = result.entries[-1].seq if result.entries else result.head
+
+    async def _metrics_loop(self) -> None:
+        while True:
+            try:
+                await self.publish_system_events()
+            except Exception:
+                logger.exception("system metrics failed")
+            await asyncio.sleep(self._config.metrics_interval)
+
+    async def publish_system_events(self) -> dict[str, Any]:
+        """Publish one ``system.metrics`` (and any due ``system.alert``); return the metrics."""
+        cluster = await asyncio.to_thread(collect_cluster_metrics)
+        stats = await self._hub.stats.remote()
+        metrics = {
+            **{k: v for k, v in cluster.items() if k != "node_ids"},
+            "jobs": self._registry.counts(),
+            "hub": {k: stats[k] for k in ("head", "size", "capacity")},
+        }
+        events = [_system_event("system.metrics", metrics)]
+        alerts = self._rules.nodes(set(cluster["node_ids"]))
+        alerts += self._rules.stalls(self._registry, time.monotonic())
+        alerts += self._rules.history(stats["fill"], stats["size"], stats["capacity"])
+        events += [_system_event("system.alert", a) for a in alerts]
+        for event in events:
+            self._emitter.emit(event, False)
+        return metrics
+
+
+def _system_event(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
+    event = make_event(event_type, data)
+    event["channel"] = SYSTEM_CHANNEL
+    return event
+
+
+async def _as_future(ref: Any) -> Any:
+    return await ref
+
+
+ControllerActor: Any = ray.remote(Controller)
+
+
+def ensure_controller(config: SystemConfig | None = None) -> Any:
+    handle = ControllerActor.options(**runtime.singleton_options(runtime.CONTROLLER_NAME)).remote(
+        config
+    )
+    ray.get(handle.ready.remote())
+    return handle

@@ -1,0 +1,111 @@
+"""The control plane's errors, each with a stable wire ``code``.
+
+    ControlPlaneError
+    ├── ProtocolError            a client frame we cannot accept (code names the problem)
+    ├── AuthError                missing or wrong token, refused origin
+    ├── JobNotFoundError         no job with that id
+    ├── InvalidTransitionError   a command the job's state does not allow
+    ├── JobError                 raised by ``ray.get(job.result)``
+    │   ├── JobFailedError       the job body raised
+    │   └── JobCancelledError    the job was cancelled (``forced`` when it was killed)
+    ├── HubUnavailableError      the EventHub actor cannot be reached
+    └── CommandError             a command failed on the way (Ray error translated)
+
+Every error pickles with its arguments, so it survives a trip through Ray and comes out
+of ``ray.get`` as the same type.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ControlPlaneError(Exception):
+    """Base of every error the control plane raises on purpose."""
+
+    code = "internal_error"
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.__dict__))
+
+    def to_wire(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+def _rebuild(cls: type[ControlPlaneError], state: dict[str, Any]) -> ControlPlaneError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, state.get("message", ""))
+    err.__dict__.update(state)
+    return err
+
+
+class ProtocolError(ControlPlaneError):
+    """A client frame that is not valid JSON, has an unknown type or wrong fields."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class AuthError(ControlPlaneError):
+    code = "unauthorized"
+
+
+class JobNotFoundError(ControlPlaneError):
+    code = "job_not_found"
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job with id {job_id!r}")
+        self.job_id = job_id
+
+
+class InvalidTransitionError(ControlPlaneError):
+    """A command that the job's current state does not allow (``pause`` of a completed job)."""
+
+    code = "invalid_transition"
+
+    def __init__(self, job_id: str, state: str, command: str) -> None:
+        super().__init__(f"cannot {command} job {job_id!r}: it is {state}")
+        self.job_id = job_id
+        self.state = state
+        self.command = command
+
+
+class JobError(ControlPlaneError):
+    """Base of what ``ray.get(job.result)`` raises for a job that did not complete."""
+
+    code = "job_error"
+
+    def __init__(self, job_id: str, message: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
+class JobFailedError(JobError):
+    code = "job_failed"
+
+    def __init__(self, job_id: str, error: str, traceback: str = "") -> None:
+        super().__init__(job_id, f"job {job_id!r} failed: {error}")
+        self.error = error
+        self.traceback = traceback
+
+
+class JobCancelledError(JobError):
+    code = "job_cancelled"
+
+    def __init__(self, job_id: str, forced: bool = False) -> None:
+        how = "killed after the cancel grace period" if forced else "cancelled"
+        super().__init__(job_id, f"job {job_id!r} was {how}")
+        self.forced = forced
+
+
+class HubUnavailableError(ControlPlaneError):
+    code = "hub_unavailable"
+
+
+class CommandError(ControlPlaneError):
+    code = "command_failed"

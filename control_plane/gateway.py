@@ -1,0 +1,156 @@
+"""The gateway: a FastAPI app with ``/ws``, ``/healthz``, a small REST surface and the page,
+deployed on Ray Serve. Each replica runs one hub listener (in its ``WebSocketManager``).
+"""
+
+import logging
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request, WebSocket
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from ray import serve
+
+from control_plane import auth, runtime
+from control_plane.errors import AuthError, CommandError, ControlPlaneError
+from control_plane.protocol import JobCommand, encode, error_reply
+from control_plane.websocket import SocketConfig, get_ws_manager
+
+logger = logging.getLogger(__name__)
+
+DEPLOYMENT_NAME = "gateway"
+
+
+@dataclass
+class GatewayConfig:
+    token: str | None  # None only with --no-auth
+    allowed_origins: list[str] = field(default_factory=list)
+    socket: SocketConfig = field(default_factory=SocketConfig)
+    num_replicas: int = 1
+    max_ongoing_requests: int = 20_000
+
+
+app = FastAPI(title="Ray job control plane", docs_url=None, redoc_url=None)
+
+
+def _status_dict(status: Any) -> dict[str, Any]:
+    dumped: dict[str, Any] = status.model_dump(mode="json")
+    return dumped
+
+
+async def _refuse(websocket: WebSocket, code: int, error_code: str, message: str) -> None:
+    """Accept, say why in an ``error`` frame, and close: browsers cannot read a 403."""
+    await websocket.accept()
+    await websocket.send_text(encode(error_reply(None, error_code, message)))
+    await websocket.close(code, message[:120])
+
+
+@serve.deployment(name=DEPLOYMENT_NAME, ray_actor_options={"num_cpus": 0})
+@serve.ingress(app)
+class Gateway:
+    def __init__(self, config: GatewayConfig) -> None:
+        self._config = config
+        self._controller = runtime.controller()
+        self._manager = get_ws_manager()
+        self._manager.configure(config.socket, runtime.hub(), self._run_command)
+
+    async def _run_command(self, msg: JobCommand) -> dict[str, Any]:
+        method = getattr(self._controller, f"{msg.command}_job")
+        try:
+            status = await method.remote(msg.job_id)
+        except ControlPlaneError:
+            raise
+        except Exception as e:
+            raise CommandError(f"{msg.type} failed: {type(e).__name__}: {e}") from e
+        return {"status": _status_dict(status)}
+
+    def _authenticate(self, request: Request | WebSocket) -> None:
+        auth.authenticate(
+            expected=self._config.token,
+            headers=request.headers,
+            cookies=request.cookies,
+            query=request.query_params,
+        )
+
+    @app.websocket("/ws")
+    async def ws(self, websocket: WebSocket) -> None:
+        try:
+            auth.check_origin(
+                websocket.headers.get("origin"),
+                websocket.headers.get("host"),
+                self._config.allowed_origins,
+            )
+        except AuthError as e:
+            await _refuse(websocket, auth.CLOSE_FORBIDDEN_ORIGIN, "forbidden_origin", e.message)
+            return
+        try:
+            self._authenticate(websocket)
+        except AuthError as e:
+            await _refuse(websocket, auth.CLOSE_UNAUTHORIZED, e.code, e.message)
+            return
+        client_id = websocket.query_params.get("client_id") or None
+        await self._manager.serve(websocket, client_id)
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict[str, Any]:
+        return {"status": "ok", **self._manager.stats()}
+
+    @app.get("/", response_model=None)
+    async def index(self, request: Request) -> Response:
+        token = request.query_params.get("token")
+        if token is not None and self._config.token is not None:
+            if not auth.token_matches(token, self._config.token):
+                return HTMLResponse("<h1>401</h1><p>Wrong token.</p>", status_code=401)
+            response = RedirectResponse("/", status_code=303)
+            response.set_cookie(
+                auth.COOKIE_NAME, token, httponly=True, samesite="strict", max_age=30 * 86400
+            )
+            return response
+        try:
+            self._authenticate(request)
+        except AuthError:
+            return HTMLResponse(
+                "<h1>401</h1><p>Open the URL that <code>control-plane serve</code> printed "
+                "(it carries the token).</p>",
+                status_code=401,
+            )
+        page = resources.files("control_plane").joinpath("static/index.html").read_text()
+        return HTMLResponse(page)
+
+    @app.get("/static/{name}")
+    async def static(self, name: str) -> Response:
+        if name not in ("cp-client.js", "dashboard.js", "dashboard.css"):
+            raise HTTPException(404)
+        path = resources.files("control_plane").joinpath(f"static/{name}")
+        if not path.is_file():
+            raise HTTPException(404)
+        media = "text/javascript" if name.endswith(".js") else "text/css"
+        return Response(path.read_text(), media_type=media)
+
+    @app.get("/api/jobs")
+    async def api_jobs(self, request: Request) -> JSONResponse:
+        self._guard(request)
+        statuses = await self._controller.list_jobs.remote()
+        return JSONResponse([_status_dict(s) for s in statuses])
+
+    @app.get("/api/jobs/{job_id}")
+    async def api_job(self, job_id: str, request: Request) -> JSONResponse:
+        self._guard(request)
+        try:
+            status = await self._controller.get_status.remote(job_id)
+        except ControlPlaneError as e:
+            raise HTTPException(404, e.message) from e
+        return JSONResponse(_status_dict(status))
+
+    def _guard(self, request: Request) -> None:
+        try:
+            self._authenticate(request)
+        except AuthError as e:
+            raise HTTPException(401, e.message) from e
+
+
+def build_app(config: GatewayConfig) -> Any:
+    deployment: Any = Gateway
+    return deployment.options(
+        num_replicas=config.num_replicas, max_ongoing_requests=config.max_ongoing_requests
+    ).bind(config)

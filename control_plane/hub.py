@@ -1,0 +1,176 @@
+"""The event log core: ``seq``, ``epoch``, bounded history and cursor waits. No Ray here.
+
+The EventHub actor (``hub_actor.py``) is a thin shell around :class:`EventLog`. Every event
+is numbered once, serialised to its JSON frame once, and kept in a bounded history; readers
+hold a cursor (the last ``seq`` they saw) and ask for everything after it. ``epoch`` names
+one life of the log: when the log is new (the hub restarted), old cursors mean nothing and
+readers must be told so rather than silently skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+from control_plane.protocol import channel_for
+
+# Where an entry goes. Most events are routed by channel; broadcast reaches every socket;
+# ``client:<id>`` reaches one socket (the seed's send_to_client).
+TARGET_CHANNEL = ""
+TARGET_ALL = "*all"
+CLIENT_TARGET_PREFIX = "client:"
+
+
+def client_target(client_id: str) -> str:
+    return CLIENT_TARGET_PREFIX + client_id
+
+
+class LogEntry(NamedTuple):
+    """One numbered event. ``frame`` is the JSON text sent to sockets, made once."""
+
+    seq: int
+    channel: str
+    type: str
+    target: str
+    frame: str
+
+
+class ListenResult(NamedTuple):
+    """What a cursor read returns. ``reset`` means the caller's epoch or cursor is gone."""
+
+    epoch: str
+    entries: list[LogEntry]
+    head: int
+    oldest: int
+    reset: bool
+
+
+class EventLog:
+    """Numbers events, keeps the newest ``capacity`` of them, and answers cursor reads."""
+
+    def __init__(self, capacity: int = 100_000, epoch: str | None = None) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self.epoch = epoch or uuid.uuid4().hex[:12]
+        self._entries: list[LogEntry] = []
+        self._first_seq = 1  # seq of self._entries[0]
+        self._head = 0
+        self._changed = asyncio.Event()
+        self.total_appended = 0
+
+    @property
+    def head(self) -> int:
+        """The last seq assigned (0 when nothing was appended yet)."""
+        return self._head
+
+    @property
+    def oldest(self) -> int:
+        """The oldest retained seq (``head + 1`` when the history is empty)."""
+        return self._first_seq
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def append(
+        self, events: Iterable[dict[str, Any]], target: str = TARGET_CHANNEL
+    ) -> list[LogEntry]:
+        """Number and store envelopes ``{type, timestamp, data}``; return the new entries."""
+        added: list[LogEntry] = []
+        seq = self._head
+        for event in events:
+            seq += 1
+            data = event.get("data") or {}
+            channel = event.get("channel") or channel_for(event["type"], data)
+            frame = {
+                "type": event["type"],
+                "timestamp": event["timestamp"],
+                "seq": seq,
+                "channel": channel,
+                "data": data,
+            }
+            added.append(
+                LogEntry(seq, channel, event["type"], target, json.dumps(frame, default=str))
+            )
+        if not added:
+            return added
+        self._head = seq
+        self._entries.extend(added)
+        self.total_appended += len(added)
+        overflow = len(self._entries) - self.capacity
+        # Trim in chunks so that appends stay amortised O(1).
+        if overflow > max(1, self.capacity // 10) or (overflow > 0 and self.capacity < 10):
+            del self._entries[:overflow]
+            self._first_seq += overflow
+        self._wake()
+        return added
+
+    def _trimmed_view(self) -> tuple[int, list[LogEntry]]:
+        """(first seq, entries) with the chunked overflow hidden."""
+        overflow = len(self._entries) - self.capacity
+        if overflow > 0:
+            return self._first_seq + overflow, self._entries[overflow:]
+        return self._first_seq, self._entries
+
+    def covers(self, after_seq: int) -> bool:
+        """True when every event after ``after_seq`` is still retained."""
+        first, _ = self._trimmed_view()
+        return after_seq >= first - 1 and after_seq <= self._head
+
+    def read(self, after_seq: int, limit: int | None = None) -> list[LogEntry]:
+        """Entries with ``seq > after_seq`` (from the oldest retained if it is older)."""
+        first, entries = self._trimmed_view()
+        start = max(0, after_seq - first + 1)
+        if limit is None:
+            return entries[start:]
+        return entries[start : start + limit]
+
+    def listen_now(self, epoch: str | None, after_seq: int, limit: int) -> ListenResult:
+        """A non-blocking cursor read that tells the reader when its cursor is void."""
+        first, _ = self._trimmed_view()
+        reset = (epoch is not None and epoch != self.epoch) or after_seq > self._head
+        if reset:
+            after_seq = 0
+        elif after_seq < first - 1:
+            reset = True
+        return ListenResult(self.epoch, self.read(after_seq, limit), self._head, first, reset)
+
+    async def listen(
+        self, epoch: str | None, after_seq: int, timeout: float, limit: int = 10_000
+    ) -> ListenResult:
+        """Long-poll: return at once if anything is newer than the cursor, else wait."""
+        result = self.listen_now(epoch, after_seq, limit)
+        if result.entries or result.reset or timeout <= 0:
+            return result
+        changed = self._event()
+        try:
+            async with asyncio.timeout(timeout):
+                while self._head <= after_seq:
+                    await changed.wait()
+                    changed = self._event()
+        except TimeoutError:
+            pass
+        return self.listen_now(epoch, after_seq, limit)
+
+    def _event(self) -> asyncio.Event:
+        return self._changed
+
+    def _wake(self) -> None:
+        # Replacing the event wakes every waiter once without a per-waiter list.
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def stats(self) -> dict[str, Any]:
+        first, entries = self._trimmed_view()
+        return {
+            "epoch": self.epoch,
+            "head": self._head,
+            "oldest": first,
+            "size": len(entries),
+            "capacity": self.capacity,
+            "fill": len(entries) / self.capacity,
+            "total_appended": self.total_appended,
+        }

@@ -1,0 +1,155 @@
+"""``control_plane.start()`` and ``stop()``: Ray, the hub, the controller and the gateway.
+
+``start`` is idempotent: it attaches to what is already running (by the actors' names and
+the Serve application's name) and creates only what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray import serve
+
+from control_plane import auth, runtime
+from control_plane.controller_actor import ensure_controller
+from control_plane.gateway import GatewayConfig, build_app
+from control_plane.hub_actor import DEFAULT_HISTORY, ensure_hub
+from control_plane.system import SystemConfig
+from control_plane.websocket import SocketConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ControlPlaneInfo:
+    """Where the running control plane is, and how to get in."""
+
+    host: str
+    port: int
+    token: str | None
+    started_ray: bool
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The dashboard URL; it carries the token, as Jupyter's does."""
+        return f"{self.base_url}/?token={self.token}" if self.token else f"{self.base_url}/"
+
+    @property
+    def ws_url(self) -> str:
+        return self.base_url.replace("http", "ws", 1) + "/ws"
+
+
+_info: ControlPlaneInfo | None = None
+
+
+def start(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    address: str | None = None,
+    token: str | None = None,
+    *,
+    no_auth: bool = False,
+    allowed_origins: Iterable[str] = (),
+    socket: SocketConfig | None = None,
+    system: SystemConfig | None = None,
+    history: int = DEFAULT_HISTORY,
+    num_replicas: int = 1,
+    ready_timeout: float = 120.0,
+) -> ControlPlaneInfo:
+    """Make sure Ray, the EventHub, the controller and the gateway run; return where.
+
+    Attaches to ``address`` (or ``RAY_ADDRESS``), else starts a new local Ray. The token
+    defaults to ``CONTROL_PLANE_TOKEN``, else one kept under the user's home.
+    """
+    global _info
+    if _info is not None and ray.is_initialized():
+        return _info
+    started_ray = runtime.ensure_ray(address)
+    if no_auth:
+        auth.check_no_auth_allowed(host)
+        token_value = None
+    else:
+        token_value = auth.resolve_token(token)
+    ensure_hub(history)
+    ensure_controller(system)
+    if not _app_running():
+        serve.start(http_options={"host": host, "port": port}, proxy_location="HeadOnly")
+        config = GatewayConfig(
+            token=token_value,
+            allowed_origins=list(allowed_origins),
+            socket=socket or SocketConfig(),
+            num_replicas=num_replicas,
+        )
+        serve.run(build_app(config), name=runtime.SERVE_APP_NAME, route_prefix="/")
+    info = ControlPlaneInfo(host, port, token_value, started_ray)
+    _wait_healthy(info, ready_timeout)
+    _info = info
+    return info
+
+
+def _app_running() -> bool:
+    try:
+        status = serve.status()
+    except Exception:
+        return False
+    app = status.applications.get(runtime.SERVE_APP_NAME)
+    return app is not None and str(app.status).endswith("RUNNING")
+
+
+def _wait_healthy(info: ControlPlaneInfo, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{info.base_url}/healthz", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError) as e:
+            last = e
+        time.sleep(0.2)
+    raise TimeoutError(f"the gateway at {info.base_url} did not become healthy: {last}")
+
+
+def stop(kill_jobs: bool = True) -> None:
+    """Stop what :func:`start` runs: the gateway, the hub, the controller (and jobs)."""
+    global _info
+    if not ray.is_initialized():
+        _info = None
+        return
+    try:
+        serve.delete(runtime.SERVE_APP_NAME)
+    except Exception:
+        logger.debug("no serve app to delete", exc_info=True)
+    if kill_jobs:
+        controller = runtime.get_actor(runtime.CONTROLLER_NAME)
+        if controller is not None:
+            statuses: list[Any] = ray.get(controller.list_jobs.remote())
+            for status in statuses:
+                actor = runtime.get_actor(runtime.job_actor_name(status.job_id))
+                if actor is not None:
+                    ray.kill(actor, no_restart=True)
+    for name in (runtime.CONTROLLER_NAME, runtime.HUB_NAME):
+        actor = runtime.get_actor(name)
+        if actor is not None:
+            ray.kill(actor, no_restart=True)
+    started_ray = _info.started_ray if _info else False
+    _info = None
+    if started_ray:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def current() -> ControlPlaneInfo | None:
+    return _info

@@ -1,0 +1,344 @@
+"""The wire protocol: every frame is one JSON object.
+
+Server to client, the envelope::
+
+    {"type": "job.progress", "timestamp": "2026-01-15T10:30:00.123Z", "seq": 1042,
+     "channel": "job:7f3a", "data": {"job_id": "7f3a", "status": "running", "progress": 75.0}}
+
+Client to server: ``subscribe``, ``unsubscribe``, ``job.pause|resume|cancel``, ``ping`` and
+``pong``, a discriminated union on ``type`` with ``extra="forbid"`` so that a wrong field is
+named in the ``error`` reply. This module imports nothing else of ours.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+# --- event types -------------------------------------------------------------------------
+
+JOB_EVENT_TYPES = frozenset(
+    {
+        "job.created",
+        "job.started",
+        "job.progress",
+        "job.completed",
+        "job.failed",
+        "job.paused",
+        "job.resumed",
+        "job.cancelled",
+    }
+)
+AGENT_EVENT_TYPES = frozenset({"agent.started", "agent.output", "agent.completed", "agent.failed"})
+SYSTEM_EVENT_TYPES = frozenset({"system.metrics", "system.alert"})
+# What the ``jobs`` channel carries: every job's lifecycle, not its progress or agents.
+LIFECYCLE_TYPES = JOB_EVENT_TYPES - {"job.progress"}
+TERMINAL_EVENT_TYPES = frozenset({"job.completed", "job.failed", "job.cancelled"})
+
+SYSTEM_CHANNEL = "system"
+JOBS_CHANNEL = "jobs"
+ALL_CHANNELS = "*"
+JOB_CHANNEL_PREFIX = "job:"
+
+_TYPE_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+_JOB_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+def utc_now_iso() -> str:
+    """ISO-8601 UTC with milliseconds and a ``Z``, as the contract shows."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def job_channel(job_id: str) -> str:
+    return JOB_CHANNEL_PREFIX + job_id
+
+
+def channel_for(event_type: str, data: dict[str, Any]) -> str:
+    """The one channel an event lives on: ``job:<id>`` for anything about a job."""
+    if event_type.startswith("system."):
+        return SYSTEM_CHANNEL
+    job_id = data.get("job_id")
+    if job_id:
+        return job_channel(str(job_id))
+    return SYSTEM_CHANNEL
+
+
+def is_valid_channel(channel: str) -> bool:
+    if channel in (SYSTEM_CHANNEL, JOBS_CHANNEL, ALL_CHANNELS):
+        return True
+    return channel.startswith(JOB_CHANNEL_PREFIX) and bool(
+        _JOB_ID_RE.match(channel[len(JOB_CHANNEL_PREFIX) :])
+    )
+
+
+# --- event data models ---------------------------------------------------------------------
+
+
+class _EventData(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class JobEventData(_EventData):
+    job_id: str
+    status: str
+
+
+class JobProgressData(JobEventData):
+    progress: float = Field(ge=0, le=100)
+    message: str | None = None
+
+
+class JobCompletedData(JobEventData):
+    result: Any = None
+
+
+class JobFailedData(JobEventData):
+    error: str
+
+
+class JobCancelledData(JobEventData):
+    forced: bool = False
+
+
+class AgentStartedData(JobEventData):
+    agent_id: str
+    name: str
+
+
+class AgentOutputData(JobEventData):
+    agent_id: str
+    output: str
+
+
+class AgentCompletedData(JobEventData):
+    agent_id: str
+
+
+class AgentFailedData(JobEventData):
+    agent_id: str
+    error: str
+
+
+class SystemMetricsData(_EventData):
+    nodes_alive: int
+    cpu_total: float
+    cpu_used: float
+    memory_total: float
+    memory_used: float
+    jobs: dict[str, int]
+
+
+class SystemAlertData(_EventData):
+    level: Literal["info", "warning", "error", "critical"]
+    message: str
+
+
+EVENT_DATA_MODELS: dict[str, type[_EventData]] = {
+    "job.created": JobEventData,
+    "job.started": JobEventData,
+    "job.progress": JobProgressData,
+    "job.completed": JobCompletedData,
+    "job.failed": JobFailedData,
+    "job.paused": JobEventData,
+    "job.resumed": JobEventData,
+    "job.cancelled": JobCancelledData,
+    "agent.started": AgentStartedData,
+    "agent.output": AgentOutputData,
+    "agent.completed": AgentCompletedData,
+    "agent.failed": AgentFailedData,
+    "system.metrics": SystemMetricsData,
+    "system.alert": SystemAlertData,
+}
+
+
+class Event(BaseModel):
+    """One server-to-client frame. ``seq`` and ``channel`` are set on every hub event."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    timestamp: str
+    seq: int | None = None
+    channel: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+_RESERVED_KEYS = ("type", "timestamp", "data")
+
+
+def normalize_event(message: dict[str, Any]) -> dict[str, Any]:
+    """Turn the seed's flat form into the envelope (without ``seq``/``channel``).
+
+    ``{'type': 'job.progress', 'job_id': j, 'progress': 75}`` becomes
+    ``{'type': 'job.progress', 'timestamp': ..., 'data': {'job_id': j, 'progress': 75.0}}``.
+    Known event types are validated against their data model; an unknown type is accepted
+    when it is dotted lowercase (``app.note``), so users can add their own.
+    """
+    if not isinstance(message, dict):
+        raise ValueError(f"an event must be a dict, not {type(message).__name__}")
+    event_type = message.get("type")
+    if not isinstance(event_type, str) or not _TYPE_RE.match(event_type):
+        raise ValueError(f"an event needs a dotted lowercase 'type', got {event_type!r}")
+    data = dict(message.get("data") or {})
+    for key, value in message.items():
+        if key not in _RESERVED_KEYS:
+            data[key] = value
+    model = EVENT_DATA_MODELS.get(event_type)
+    if model is not None:
+        if issubclass(model, JobEventData):
+            data.setdefault("status", _default_status(event_type))
+        try:
+            data = model.model_validate(data).model_dump(exclude_none=False)
+        except ValidationError as e:
+            raise ValueError(f"invalid data for {event_type}: {_first_error(e)}") from e
+    timestamp = message.get("timestamp")
+    if not isinstance(timestamp, str):
+        timestamp = utc_now_iso()
+    return {"type": event_type, "timestamp": timestamp, "data": data}
+
+
+def _default_status(event_type: str) -> str:
+    return {
+        "job.created": "pending",
+        "job.completed": "completed",
+        "job.failed": "failed",
+        "job.paused": "paused",
+        "job.cancelled": "cancelled",
+    }.get(event_type, "running")
+
+
+def make_event(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
+    """A trusted envelope built on the hot path (no validation)."""
+    return {"type": event_type, "timestamp": utc_now_iso(), "data": data}
+
+
+def encode(frame: dict[str, Any]) -> str:
+    return json.dumps(frame, separators=(",", ":"), default=str)
+
+
+# --- replies -------------------------------------------------------------------------------
+
+RequestId = str | int | None
+
+
+def ack(request_id: RequestId, **data: Any) -> dict[str, Any]:
+    return {"type": "ack", "timestamp": utc_now_iso(), "data": {"request_id": request_id, **data}}
+
+
+def error_reply(request_id: RequestId, code: str, message: str) -> dict[str, Any]:
+    return {
+        "type": "error",
+        "timestamp": utc_now_iso(),
+        "data": {"request_id": request_id, "code": code, "message": message},
+    }
+
+
+def server_frame(frame_type: str, **data: Any) -> dict[str, Any]:
+    return {"type": frame_type, "timestamp": utc_now_iso(), "data": data}
+
+
+# --- client messages -----------------------------------------------------------------------
+
+
+class _ClientMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | int | None = None
+
+
+class Subscribe(_ClientMessage):
+    type: Literal["subscribe"]
+    channels: list[str] = Field(min_length=1, max_length=1000)
+    since: int | None = Field(default=None, ge=0)
+    epoch: str | None = Field(default=None, max_length=64)
+
+    @field_validator("channels")
+    @classmethod
+    def _channels_are_known(cls, channels: list[str]) -> list[str]:
+        bad = [c for c in channels if not is_valid_channel(c)]
+        if bad:
+            raise ValueError(f"unknown channel {bad[0]!r}: use 'job:<id>', 'jobs', 'system' or '*'")
+        return channels
+
+
+class Unsubscribe(_ClientMessage):
+    type: Literal["unsubscribe"]
+    channels: list[str] = Field(min_length=1, max_length=1000)
+
+
+class JobCommand(_ClientMessage):
+    type: Literal["job.pause", "job.resume", "job.cancel"]
+    job_id: str = Field(min_length=1, max_length=128)
+
+    @property
+    def command(self) -> str:
+        return self.type.removeprefix("job.")
+
+
+class Ping(_ClientMessage):
+    type: Literal["ping"]
+
+
+class Pong(_ClientMessage):
+    type: Literal["pong"]
+
+
+ClientMessage = Annotated[
+    Subscribe | Unsubscribe | JobCommand | Ping | Pong, Field(discriminator="type")
+]
+client_message_adapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
+CLIENT_MESSAGE_TYPES = ("subscribe", "unsubscribe", "job.pause", "job.resume", "job.cancel", "ping")
+
+
+class BadFrame(Exception):
+    """A client frame we reject; ``code`` goes on the wire, ``request_id`` if we could read it."""
+
+    def __init__(self, code: str, message: str, request_id: RequestId = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+def parse_client_message(text: str | bytes) -> ClientMessage:
+    """Parse one client frame or raise :class:`BadFrame` naming what is wrong."""
+    try:
+        raw = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadFrame("invalid_json", f"frame is not valid JSON: {e}") from e
+    if not isinstance(raw, dict):
+        raise BadFrame("invalid_message", "frame must be a JSON object")
+    request_id = raw.get("id") if isinstance(raw.get("id"), str | int) else None
+    msg_type = raw.get("type")
+    if msg_type is None:
+        raise BadFrame("missing_type", "frame has no 'type'", request_id)
+    if msg_type not in CLIENT_MESSAGE_TYPES and msg_type != "pong":
+        raise BadFrame(
+            "unknown_type",
+            f"unknown message type {msg_type!r}; expected one of {', '.join(CLIENT_MESSAGE_TYPES)}",
+            request_id,
+        )
+    try:
+        return client_message_adapter.validate_python(raw)
+    except ValidationError as e:
+        raise BadFrame("invalid_message", _first_error(e), request_id) from e
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int) or len(err["loc"]) == 1)
+    # The discriminated union puts the tag first in loc; drop it for a readable path.
+    parts = [str(p) for p in err["loc"]]
+    if parts and parts[0] in (*CLIENT_MESSAGE_TYPES, "pong"):
+        parts = parts[1:]
+    loc = ".".join(parts) or loc
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        return f"unexpected field {loc!r}"
+    if err["type"] == "missing":
+        return f"missing field {loc!r}"
+    return f"{loc}: {msg}" if loc else msg

@@ -1,0 +1,340 @@
+"""What a job body sees: :class:`JobContext` with checkpoints, progress and agent scopes.
+
+The state lives in :class:`JobControl`, shared by three threads of the job actor: the loop
+that runs the body, the loop that answers ``pause``/``resume``/``cancel``/``status`` (so
+control calls never queue behind the work), and, for a plain ``def`` body, the worker thread
+it runs in. One lock guards it; waiters on either loop are woken thread-safely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import threading
+import time
+from collections.abc import Awaitable, Callable, Generator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from control_plane.protocol import make_event, utc_now_iso
+from jobs.lifecycle import JobState, JobStatus, Trigger, next_state
+
+if TYPE_CHECKING:
+    from ray import ObjectRef
+
+Emit = Callable[[dict[str, Any], bool], None]
+
+OUTPUT_PREVIEW_CHARS = 2000
+
+
+class CancelRequested(BaseException):
+    """Raised at a checkpoint once the job is cancelled.
+
+    A ``BaseException`` (like ``asyncio.CancelledError``) so that a body's broad
+    ``except Exception`` does not swallow the cancel.
+    """
+
+
+class _Done:
+    """An awaitable that is already finished, so ``ctx.checkpoint()`` works with and without
+    ``await``."""
+
+    def __await__(self) -> Generator[None, None, None]:
+        return
+        yield
+
+
+_DONE = _Done()
+
+
+class JobControl:
+    """The job's state, its transitions and the events they emit. Thread-safe."""
+
+    def __init__(self, job_id: str, name: str, owner: str, created_at: str, emit: Emit) -> None:
+        self.job_id = job_id
+        self.name = name
+        self.owner = owner
+        self.created_at = created_at
+        self.updated_at = created_at
+        self.state = JobState.PENDING
+        self.progress = 0.0
+        self.message: str | None = None
+        self.error: str | None = None
+        self.forced = False
+        self.cancel_requested = False
+        self.last_progress_at = time.monotonic()
+        self._emit = emit
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    # --- events --------------------------------------------------------------------------
+
+    def emit(self, event_type: str, urgent: bool = False, **data: Any) -> None:
+        payload = {"job_id": self.job_id, "status": self.state.value, **data}
+        self._emit(make_event(event_type, payload), urgent)
+
+    # --- transitions ---------------------------------------------------------------------
+
+    def _move(self, trigger: Trigger) -> bool:
+        """Apply ``trigger`` under the lock; return whether the state changed."""
+        new = next_state(self.job_id, self.state, trigger)
+        changed = new is not self.state
+        self.state = new
+        self.updated_at = utc_now_iso()
+        if changed:
+            self._notify()
+        return changed
+
+    def _notify(self) -> None:
+        self._cond.notify_all()
+        for loop, event in self._waiters:
+            loop.call_soon_threadsafe(event.set)
+
+    def status(self) -> JobStatus:
+        with self._lock:
+            return JobStatus(
+                job_id=self.job_id,
+                name=self.name,
+                state=self.state,
+                progress=self.progress,
+                message=self.message,
+                owner=self.owner,
+                created_at=self.created_at,
+                updated_at=self.updated_at,
+                error=self.error,
+                forced=self.forced,
+                cancel_requested=self.cancel_requested,
+            )
+
+    def start(self) -> None:
+        with self._lock:
+            if self.state is JobState.CANCELLED or self.cancel_requested:
+                raise CancelRequested
+            self._move(Trigger.START)
+            self.emit("job.started", urgent=True, name=self.name)
+
+    def pause(self) -> None:
+        with self._lock:
+            self._move(Trigger.PAUSE)
+
+    def resume(self) -> None:
+        with self._lock:
+            was = self.state
+            if self._move(Trigger.RESUME) and was is JobState.PAUSED:
+                self.emit("job.resumed", urgent=True)
+
+    def request_cancel(self) -> None:
+        with self._lock:
+            if self.state is JobState.PENDING:
+                self._move(Trigger.CANCEL)
+                self.emit("job.cancelled", urgent=True, forced=False)
+                return
+            next_state(self.job_id, self.state, Trigger.CANCEL)  # raises on a finished job
+            if not self.state.terminal and not self.cancel_requested:
+                self.cancel_requested = True
+                self.updated_at = utc_now_iso()
+                self._notify()
+
+    def finish(self, trigger: Trigger, **data: Any) -> bool:
+        """Move to a terminal state and emit its event; False if already finished."""
+        event_type = {
+            Trigger.COMPLETE: "job.completed",
+            Trigger.FAIL: "job.failed",
+            Trigger.STOPPED: "job.cancelled",
+        }[trigger]
+        with self._lock:
+            if self.state.terminal:
+                return False
+            if trigger is Trigger.FAIL:
+                self.error = str(data.get("error"))
+            if trigger is Trigger.STOPPED:
+                self.forced = bool(data.get("forced", False))
+            if trigger is Trigger.COMPLETE:
+                self.progress = 100.0
+            self._move(trigger)
+            self.emit(event_type, urgent=True, **data)
+            return True
+
+    def set_progress(self, progress: float, message: str | None) -> None:
+        progress = min(100.0, max(0.0, float(progress)))
+        with self._lock:
+            self.progress = progress
+            if message is not None:
+                self.message = message
+            self.updated_at = utc_now_iso()
+            self.last_progress_at = time.monotonic()
+            data: dict[str, Any] = {"progress": progress}
+            if message is not None:
+                data["message"] = message
+            self.emit("job.progress", **data)
+
+    # --- checkpoints ---------------------------------------------------------------------
+
+    def _at_checkpoint(self) -> bool:
+        """Act on a pending pause or cancel; return True while the body must stay held."""
+        if self.cancel_requested:
+            raise CancelRequested
+        if self.state is JobState.PAUSING:
+            self._move(Trigger.HOLD)
+            self.emit("job.paused", urgent=True, progress=self.progress)
+        return self.state is JobState.PAUSED
+
+    def checkpoint_blocking(self) -> None:
+        with self._lock:
+            while self._at_checkpoint():
+                self._cond.wait()
+
+    async def checkpoint_async(self) -> None:
+        if self.state is JobState.RUNNING and not self.cancel_requested:
+            return  # the common case: nothing asked, no lock, no wait
+        while True:
+            with self._lock:
+                if not self._at_checkpoint():
+                    return
+            await self.wait_for(lambda: self.state is not JobState.PAUSED or self.cancel_requested)
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Wait on the calling loop until ``predicate()`` holds; False on timeout."""
+        loop = asyncio.get_running_loop()
+        event = asyncio.Event()
+        waiter = (loop, event)
+        with self._lock:
+            if predicate():
+                return True
+            self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    await event.wait()
+                    event.clear()
+                    with self._lock:
+                        if predicate():
+                            return True
+        except TimeoutError:
+            return False
+        finally:
+            with self._lock:
+                self._waiters.remove(waiter)
+
+    def waiter_count(self) -> int:
+        with self._lock:
+            return len(self._waiters)
+
+
+class Agent:
+    """An agent scope inside a job: ``started`` on entry, ``completed`` or ``failed`` on exit."""
+
+    def __init__(self, control: JobControl, agent_id: str, name: str) -> None:
+        self._control = control
+        self.agent_id = agent_id
+        self.name = name
+
+    def output(self, text: Any) -> None:
+        """Emit an ``agent.output`` preview (long text is cut to a preview)."""
+        preview = text if isinstance(text, str) else repr(text)
+        if len(preview) > OUTPUT_PREVIEW_CHARS:
+            preview = preview[: OUTPUT_PREVIEW_CHARS - 1] + "…"
+        self._control.emit("agent.output", agent_id=self.agent_id, output=preview)
+
+    def _enter(self) -> Agent:
+        self._control.emit("agent.started", agent_id=self.agent_id, name=self.name)
+        return self
+
+    def _exit(self, exc: BaseException | None) -> None:
+        if exc is None:
+            self._control.emit("agent.completed", agent_id=self.agent_id)
+        else:
+            error = "cancelled" if isinstance(exc, CancelRequested) else _describe(exc)
+            self._control.emit("agent.failed", agent_id=self.agent_id, error=error)
+
+    def __enter__(self) -> Agent:
+        return self._enter()
+
+    def __exit__(
+        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._exit(exc)
+
+    async def __aenter__(self) -> Agent:
+        return self._enter()
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._exit(exc)
+
+
+class JobContext:
+    """Passed to every job body as its first argument.
+
+    ``await ctx.checkpoint()`` in an ``async def`` body, ``ctx.checkpoint()`` in a plain ``def``
+    body (which runs in a thread): a pause waits there, a cancel raises there.
+    """
+
+    def __init__(self, control: JobControl, blocking: bool = False) -> None:
+        self._control = control
+        self._blocking = blocking
+        self._agent_ids = itertools.count(1)
+        self._tasks: list[ObjectRef[Any]] = []
+
+    @property
+    def job_id(self) -> str:
+        return self._control.job_id
+
+    @property
+    def name(self) -> str:
+        return self._control.name
+
+    @property
+    def cancelled(self) -> bool:
+        """True once a cancel was asked (the next checkpoint will raise)."""
+        return self._control.cancel_requested
+
+    def checkpoint(self) -> Awaitable[None]:
+        if self._blocking:
+            self._control.checkpoint_blocking()
+            return _DONE
+        return self._control.checkpoint_async()
+
+    def progress(self, percent: float, message: str | None = None) -> None:
+        """Report progress, 0-100, with an optional message."""
+        self._control.set_progress(percent, message)
+
+    def agent(self, name: str) -> Agent:
+        """Open an agent scope: ``async with ctx.agent("planner") as a: a.output("...")``."""
+        return Agent(self._control, f"{name}-{next(self._agent_ids)}", name)
+
+    def emit(self, event_type: str, **data: Any) -> None:
+        """Emit a custom event on this job's channel (``event_type`` like ``app.note``)."""
+        self._control.emit(event_type, **data)
+
+    def task(self, remote_function: Any, *args: Any, **kwargs: Any) -> ObjectRef[Any]:
+        """Start a Ray task that is cancelled with the job; returns its ObjectRef."""
+        ref: ObjectRef[Any] = remote_function.remote(*args, **kwargs)
+        self._tasks.append(ref)
+        return ref
+
+    def tracked_tasks(self) -> list[ObjectRef[Any]]:
+        return list(self._tasks)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def result_preview(value: Any, limit: int = 8192) -> Any:
+    """The result as it goes into ``job.completed``: itself if small JSON, else a repr."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = None
+    if text is not None and len(text) <= limit:
+        return value
+    rep = repr(value)
+    return rep if len(rep) <= limit else rep[: limit - 1] + "…"
+
+
+describe_error = _describe

@@ -1,0 +1,49 @@
+"""Shared fixtures: one Ray session and one control plane (hub, controller, Serve gateway)
+for every integration test; unit tests under ``tests/unit`` need neither."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+TOKEN = "test-token-" + os.urandom(6).hex()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    yield
+    import control_plane
+
+    control_plane.stop()
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def plane(ray_session: None) -> object:
+    """The running control plane: ``plane.ws_url``, ``plane.token``, ``plane.base_url``."""
+    import control_plane
+    from control_plane.system import SystemConfig
+    from control_plane.websocket import SocketConfig
+
+    return control_plane.start(
+        port=free_port(),
+        token=TOKEN,
+        system=SystemConfig(metrics_interval=0.5, stall_after=3.0),
+        socket=SocketConfig(heartbeat_interval=1.0, heartbeat_timeout=30.0),
+    )
