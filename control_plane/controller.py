@@ -6,13 +6,17 @@ the controller actor (``controller_actor.py``) adds the actor handles and result
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections import Counter
+from collections import Counter, OrderedDict, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from jobs.lifecycle import JobState, JobStatus
+
+RECENT_OUTPUTS = 10
 
 _STATE_BY_EVENT = {
     "job.created": JobState.PENDING,
@@ -39,6 +43,19 @@ class JobRecord:
     forced: bool = False
     last_change: float = field(default_factory=time.monotonic)
     stall_alerted: bool = False
+    last_seq: int = 0
+    agents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    outputs: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_OUTPUTS))
+
+    def snapshot(self) -> dict[str, Any]:
+        """What ``job.snapshot`` carries: enough for a fresh page to draw the job."""
+        return {
+            **self.status().model_dump(mode="json"),
+            "status": self.state.value,
+            "agents": list(self.agents.values()),
+            "recent_outputs": list(self.outputs),
+            "seq": self.last_seq,
+        }
 
     def status(self) -> JobStatus:
         return JobStatus(
@@ -79,16 +96,20 @@ class JobRegistry:
         return list(self._records.values())
 
     def apply_frame(self, frame: str) -> JobRecord | None:
-        """Apply one hub frame (JSON text); frames that are not ``job.*`` are ignored."""
-        if '"type":"job.' not in frame[:40] and '"type": "job.' not in frame[:40]:
-            return None
+        """Apply one hub frame (JSON text); frames not about jobs or agents are ignored."""
         return self.apply(json.loads(frame))
 
     def apply(self, event: dict[str, Any]) -> JobRecord | None:
         event_type = event.get("type", "")
         data = event.get("data") or {}
         record = self._records.get(data.get("job_id", ""))
-        if record is None or not event_type.startswith("job."):
+        if record is None:
+            return None
+        record.last_seq = max(record.last_seq, int(event.get("seq") or 0))
+        if event_type.startswith("agent."):
+            self._apply_agent(record, event_type, data, event.get("timestamp", ""))
+            return record
+        if not event_type.startswith("job."):
             return None
         record.updated_at = event.get("timestamp", record.updated_at)
         record.last_change = time.monotonic()
@@ -111,6 +132,21 @@ class JobRegistry:
         self._trim()
         return record
 
+    @staticmethod
+    def _apply_agent(
+        record: JobRecord, event_type: str, data: dict[str, Any], timestamp: str
+    ) -> None:
+        agent_id = str(data.get("agent_id", ""))
+        agent = record.agents.setdefault(
+            agent_id, {"agent_id": agent_id, "name": data.get("name", agent_id), "state": ""}
+        )
+        agent["state"] = event_type.removeprefix("agent.")
+        if event_type == "agent.output":
+            entry = {"agent_id": agent_id, "output": data.get("output", ""), "at": timestamp}
+            record.outputs.append(entry)
+        elif event_type == "agent.failed":
+            agent["error"] = data.get("error")
+
     def counts(self) -> dict[str, int]:
         counter = Counter(r.state.value for r in self._records.values())
         return {state.value: counter.get(state.value, 0) for state in JobState}
@@ -128,3 +164,34 @@ class JobRegistry:
         excess = len(finished) - self._max_finished
         for record in finished[: max(0, excess)]:
             del self._records[record.job_id]
+
+
+class IdempotencyCache:
+    """Remembers the outcome of recent commands by key, so a command sent twice (a client
+    retrying after a reconnect) is applied once and answered twice. Bounded, oldest first out.
+    """
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._size = size
+        self._entries: OrderedDict[tuple[str, str], asyncio.Future[Any]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def run(self, key: tuple[str, str], action: Callable[[], Awaitable[Any]]) -> Any:
+        """Run ``action`` once per key; later calls with the key get the same outcome."""
+        future = self._entries.get(key)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._entries[key] = future
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+            try:
+                future.set_result(await action())
+            except asyncio.CancelledError:
+                self._entries.pop(key, None)
+                future.cancel()
+                raise
+            except Exception as e:
+                future.set_exception(e)
+        return await asyncio.shield(future)

@@ -21,7 +21,7 @@ from ray.actor import ActorHandle
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from control_plane import runtime
-from control_plane.controller import JobRecord, JobRegistry
+from control_plane.controller import IdempotencyCache, JobRecord, JobRegistry
 from control_plane.emitter import EventEmitter, wait_refs
 from control_plane.errors import (
     InvalidTransitionError,
@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 STATUS_TIMEOUT = 5.0
 REAP_DELAY = 0.5
+SETTLE_TIMEOUT = 5.0
 
 
 class Controller:
@@ -55,6 +56,8 @@ class Controller:
             wait_refs,
         )
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._idempotency = IdempotencyCache()
+        self._done: dict[str, asyncio.Event] = {}
         self._started = False
 
     def _spawn(self, coro: Any) -> None:
@@ -127,29 +130,40 @@ class Controller:
         return job_id, actor
 
     async def _watch(self, job_id: str, actor: ActorHandle, ref: ray.ObjectRef[Any]) -> None:
-        """Wait for the run to end; then free the job's actor. Report a death no one saw."""
+        """Wait for the run to end, report a death no one saw, let the registry catch up with
+        the job's last events, then free the job's actor."""
         try:
             await ref
         except RayActorError as e:
             record = self._registry.get(job_id)
-            if record is not None and not record.state.terminal:
-                await asyncio.sleep(0.2)  # the actor's own last events may still be in flight
-                if not record.state.terminal:
-                    reason = f"job actor died: {type(e).__name__}"
-                    self._emitter.emit(
-                        make_event(
-                            "job.failed", {"job_id": job_id, "status": "failed", "error": reason}
-                        ),
-                        True,
-                    )
+            if record is not None and not await self._settled(job_id, 1.0):
+                reason = f"job actor died: {type(e).__name__}"
+                self._emitter.emit(
+                    make_event(
+                        "job.failed", {"job_id": job_id, "status": "failed", "error": reason}
+                    ),
+                    True,
+                )
         except Exception:
             pass  # a typed job error: the actor already reported it
         finally:
+            await self._settled(job_id, SETTLE_TIMEOUT)
             self._actors.pop(job_id, None)
             try:
                 ray.kill(actor, no_restart=True)
             except Exception:
                 logger.debug("job actor %s already gone", job_id, exc_info=True)
+            self._done.setdefault(job_id, asyncio.Event()).set()
+
+    async def _settled(self, job_id: str, timeout: float) -> bool:
+        """Wait until the registry has the job's terminal event; False on timeout."""
+        record = self._registry.get(job_id)
+        deadline = time.monotonic() + timeout
+        while record is not None and not record.state.terminal:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
 
     # --- results and status --------------------------------------------------------------
 
@@ -165,6 +179,8 @@ class Controller:
         ref = self._runs.get(job_id)
         if ref is None:
             raise JobNotFoundError(job_id)
+        # Answer once the registry agrees, so status() after ray.get(result) is final too.
+        await self._done.setdefault(job_id, asyncio.Event()).wait()
         try:
             return await ref
         except JobCancelledError as e:
@@ -173,10 +189,6 @@ class Controller:
             raise JobFailedError(job_id, e.error, e.traceback) from None
         except RayActorError as e:
             record = self._record(job_id)
-            for _ in range(20):  # let the actor's last event land in the registry
-                if record.state.terminal:
-                    break
-                await asyncio.sleep(0.05)
             if record.state is JobState.CANCELLED:
                 raise JobCancelledError(job_id, forced=record.forced) from None
             raise JobFailedError(job_id, f"job actor died: {e}") from None
@@ -229,6 +241,40 @@ class Controller:
             raise InvalidTransitionError(job_id, record.state.value, command)
         return record.status()
 
+    async def command(
+        self, job_id: str, command: str, request_key: tuple[str, str] | None = None
+    ) -> JobStatus:
+        """Run ``pause|resume|cancel``; with a ``request_key`` (client id, request id) a
+        repeated request is applied once and answered with the first outcome."""
+        if command not in ("pause", "resume", "cancel"):
+            raise ValueError(f"unknown command {command!r}")
+        if request_key is None:
+            return await self._command(job_id, command)
+        status: JobStatus = await self._idempotency.run(
+            request_key, lambda: self._command(job_id, command)
+        )
+        return status
+
+    async def snapshot(self, job_id: str) -> dict[str, Any] | None:
+        """The ``job.snapshot`` data of a job, or None for an unknown job."""
+        record = self._registry.get(job_id)
+        if record is None:
+            return None
+        snap = record.snapshot()
+        actor = self._actors.get(job_id)
+        if actor is not None and not record.state.terminal:
+            try:
+                live = await asyncio.wait_for(_as_future(actor.status.remote()), STATUS_TIMEOUT)
+                snap.update(
+                    state=live.state.value,
+                    status=live.state.value,
+                    progress=live.progress,
+                    message=live.message,
+                )
+            except (RayActorError, TimeoutError, GetTimeoutError):
+                pass
+        return snap
+
     async def pause_job(self, job_id: str) -> JobStatus:
         return await self._command(job_id, "pause")
 
@@ -259,7 +305,7 @@ class Controller:
             if result.reset:
                 epoch = result.epoch
             for entry in result.entries:
-                if entry.type.startswith("job."):
+                if entry.type.startswith(("job.", "agent.")):
                     self._registry.apply_frame(entry.frame)
             epoch = result.epoch
             cursor = result.entries[-1].seq if result.entries else result.head

@@ -41,12 +41,14 @@ class EventEmitter:
         interval: float = 0.005,
         max_batch: int = 1000,
         max_in_flight: int = 4,
+        max_buffer: int = 20_000,
     ) -> None:
         self._send = send
         self._wait = wait
         self._interval = interval
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
+        self._max_buffer = max(max_buffer, max_batch)
         self._buffer: list[dict[str, Any]] = []
         self._cond = threading.Condition()
         self._urgent = False
@@ -63,10 +65,15 @@ class EventEmitter:
         return self._sent_batches
 
     def emit(self, event: dict[str, Any], urgent: bool = False) -> None:
-        """Queue one envelope; thread-safe and never blocks on the hub."""
+        """Queue one envelope; thread-safe. Blocks only while ``max_buffer`` events wait for
+        the hub: a job that outruns the hub is slowed, its memory does not grow."""
         with self._cond:
             if self._closed:
                 raise RuntimeError("emitter is closed")
+            while len(self._buffer) >= self._max_buffer and not self._closed:
+                self._urgent = True
+                self._cond.notify_all()
+                self._cond.wait(1.0)
             self._buffer.append(event)
             self._emitted += 1
             if urgent or len(self._buffer) >= self._max_batch:
@@ -110,8 +117,10 @@ class EventEmitter:
                 if not self._urgent:
                     # Give the batch a moment to fill; an urgent event cuts the wait short.
                     self._cond.wait_for(lambda: self._urgent or self._closed, self._interval)
-                batch, self._buffer = self._buffer, []
-                self._urgent = False
+                batch = self._buffer[: self._max_batch]
+                del self._buffer[: self._max_batch]
+                self._urgent = bool(self._buffer)  # more waiting: no pause before the next
+                self._cond.notify_all()
             self._publish(batch)
 
     def _publish(self, batch: list[dict[str, Any]]) -> None:

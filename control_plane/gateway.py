@@ -14,7 +14,7 @@ from ray import serve
 from control_plane import auth, runtime
 from control_plane.errors import AuthError, CommandError, ControlPlaneError
 from control_plane.protocol import JobCommand, encode, error_reply
-from control_plane.websocket import SocketConfig, get_ws_manager
+from control_plane.websocket import CLOSE_RESTARTING, SocketConfig, get_ws_manager
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +52,14 @@ class Gateway:
         self._config = config
         self._controller = runtime.controller()
         self._manager = get_ws_manager()
-        self._manager.configure(config.socket, runtime.hub(), self._run_command)
+        self._manager.configure(
+            config.socket, runtime.hub(), self._run_command, self._controller.snapshot.remote
+        )
 
-    async def _run_command(self, msg: JobCommand) -> dict[str, Any]:
-        method = getattr(self._controller, f"{msg.command}_job")
+    async def _run_command(self, msg: JobCommand, client_id: str) -> dict[str, Any]:
+        key = (client_id, str(msg.id)) if msg.id is not None else None
         try:
-            status = await method.remote(msg.job_id)
+            status = await self._controller.command.remote(msg.job_id, msg.command, key)
         except ControlPlaneError:
             raise
         except Exception as e:
@@ -71,6 +73,10 @@ class Gateway:
             cookies=request.cookies,
             query=request.query_params,
         )
+
+    async def __del__(self) -> None:
+        """Serve calls this when the replica stops: tell clients to come back (1012)."""
+        await self._manager.close_all(CLOSE_RESTARTING, "gateway restarting")
 
     @app.websocket("/ws")
     async def ws(self, websocket: WebSocket) -> None:

@@ -31,8 +31,11 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from control_plane.errors import ControlPlaneError
+from control_plane.heartbeat import Heartbeat, HeartbeatLimits, Verdict
 from control_plane.hub import TARGET_ALL, LogEntry, client_target
+from control_plane.outbox import PING, Outbox
 from control_plane.protocol import (
+    JOB_CHANNEL_PREFIX,
     BadFrame,
     ClientMessage,
     JobCommand,
@@ -66,22 +69,29 @@ class SocketConfig:
     send_queue_size: int = 2048
     heartbeat_interval: float = 15.0  # seconds between server pings
     heartbeat_timeout: float = 45.0  # close when nothing was heard from the client this long
+    max_lag: float = 15.0  # a client this far behind (an unanswered ping) is slow
+    max_unread_bytes: int = 16 * 1024 * 1024  # sent but not confirmed read: slow past this
+    send_window: int = 512 * 1024  # bytes handed to Serve ahead of what the client confirmed
     subscribe_deadline: float = 60.0  # close a socket that never subscribes
 
 
-CommandRunner = Callable[[JobCommand], Awaitable[dict[str, Any]]]
+CommandRunner = Callable[[JobCommand, str], Awaitable[dict[str, Any]]]
+SnapshotSource = Callable[[str], Awaitable[dict[str, Any] | None]]
 
 
 @dataclass(eq=False)
 class ClientConnection:
     client_id: str
     websocket: WebSocket
-    queue: asyncio.Queue[str | None]
+    outbox: Outbox
     connected_at: float = field(default_factory=time.monotonic)
-    last_heard: float = field(default_factory=time.monotonic)
+    beat: Heartbeat = field(default_factory=lambda: Heartbeat(time.monotonic()))
+    read_progress: asyncio.Event = field(default_factory=asyncio.Event)
     subscribed: bool = False
     closing: bool = False
     replay_buffer: list[LogEntry] | None = None
+    replays_running: int = 0
+    draining: bool = False
     sent: int = 0
 
 
@@ -94,6 +104,7 @@ class WebSocketManager:
         self.index = SubscriptionIndex()
         self._hub: Any = None
         self._commands: CommandRunner | None = None
+        self._snapshots: SnapshotSource | None = None
         self._listener: asyncio.Task[None] | None = None
         self.epoch: str | None = None
         self.cursor = 0
@@ -101,11 +112,16 @@ class WebSocketManager:
         self.dropped_slow = 0
 
     def configure(
-        self, config: SocketConfig, hub: Any = None, commands: CommandRunner | None = None
+        self,
+        config: SocketConfig,
+        hub: Any = None,
+        commands: CommandRunner | None = None,
+        snapshots: SnapshotSource | None = None,
     ) -> None:
         self.config = config
         self._hub = hub
         self._commands = commands
+        self._snapshots = snapshots
 
     def _hub_handle(self) -> Any:
         if self._hub is None:
@@ -123,7 +139,7 @@ class WebSocketManager:
         old = self.connections.get(client_id)
         if old is not None:
             await self.disconnect(client_id, CLOSE_NORMAL, "replaced by a new connection")
-        conn = ClientConnection(client_id, websocket, asyncio.Queue(self.config.send_queue_size))
+        conn = ClientConnection(client_id, websocket, Outbox(self.config.send_queue_size))
         self.connections[client_id] = conn
         self.index.add_client(client_id)
         await self.ensure_listener()
@@ -136,8 +152,7 @@ class WebSocketManager:
         if conn is None:
             return
         conn.closing = True
-        with contextlib.suppress(asyncio.QueueFull):
-            conn.queue.put_nowait(None)
+        conn.outbox.close()
         if conn.websocket.application_state is WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
                 await conn.websocket.close(code, reason)
@@ -196,21 +211,32 @@ class WebSocketManager:
     def _enqueue(self, conn: ClientConnection, frame: str) -> bool:
         if conn.closing:
             return False
-        try:
-            conn.queue.put_nowait(frame)
+        if conn.outbox.push(frame):
             self.delivered += 1
             return True
-        except asyncio.QueueFull:
-            self.dropped_slow += 1
-            conn.closing = True
-            logger.warning("closing slow client %s (send queue full)", conn.client_id)
-            asyncio.get_running_loop().create_task(
-                self.disconnect(conn.client_id, CLOSE_SLOW_CONSUMER, "slow consumer")
-            )
-            return False
+        self._close_slow(conn)
+        return False
+
+    def _close_slow(self, conn: ClientConnection) -> None:
+        self.dropped_slow += 1
+        conn.closing = True
+        logger.warning(
+            "closing slow client %s: %d frames queued, %d bytes unread, %d pings open",
+            conn.client_id,
+            len(conn.outbox),
+            conn.beat.unread,
+            conn.beat.open_pings,
+        )
+        asyncio.get_running_loop().create_task(
+            self.disconnect(conn.client_id, CLOSE_SLOW_CONSUMER, "slow consumer")
+        )
 
     def send_local(self, conn: ClientConnection, frame: dict[str, Any]) -> None:
-        self._enqueue(conn, encode(frame))
+        """Queue a reply (ack, error, pong, snapshot) for one local socket."""
+        if conn.closing:
+            return
+        if not conn.outbox.push(encode(frame), reply=True):
+            self._close_slow(conn)
 
     # --- one socket ----------------------------------------------------------------------
 
@@ -245,29 +271,57 @@ class WebSocketManager:
                 await self.disconnect(client_id)
 
     async def _write(self, conn: ClientConnection) -> None:
+        """Hand queued frames to the socket, at most ``send_window`` bytes ahead of what the
+        client confirmed reading (Serve's replica buffers whatever we hand it, unbounded)."""
         ws = conn.websocket
-        while True:
-            frame = await conn.queue.get()
-            if frame is None or (conn.closing and conn.client_id not in self.connections):
-                return
-            try:
+        beat = conn.beat
+        window = self.config.send_window
+        try:
+            while True:
+                frame = await conn.outbox.get()
+                if frame is None:
+                    return
+                if frame is PING or beat.since_last_ping > window // 4:
+                    await self._ping(conn)
+                    if frame is PING:
+                        continue
+                while beat.unread > window and not conn.closing:
+                    conn.read_progress.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(1.0):
+                            await conn.read_progress.wait()
+                if conn.closing and conn.client_id not in self.connections:
+                    return
+                assert isinstance(frame, str)
                 await ws.send_text(frame)
-            except (WebSocketDisconnect, RuntimeError, OSError):
-                return  # the peer is gone; the reader sees the disconnect
-            conn.sent += 1
+                beat.sent(len(frame))
+                conn.sent += 1
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            return  # the peer is gone; the reader sees the disconnect
+
+    async def _ping(self, conn: ClientConnection) -> None:
+        ping_id = conn.beat.next_ping_id()
+        text = encode(server_frame("ping", ping_id=ping_id))
+        await conn.websocket.send_text(text)
+        conn.beat.ping(ping_id, time.monotonic(), len(text))
 
     async def _heartbeat(self, conn: ClientConnection) -> None:
         cfg = self.config
+        limits = HeartbeatLimits(cfg.heartbeat_timeout, cfg.max_lag, cfg.max_unread_bytes)
         while not conn.closing:
             await asyncio.sleep(min(cfg.heartbeat_interval, 1.0 + cfg.subscribe_deadline))
             now = time.monotonic()
-            if now - conn.last_heard > cfg.heartbeat_timeout:
-                await self.disconnect(conn.client_id, CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout")
+            verdict = conn.beat.verdict(now, limits)
+            if verdict is Verdict.SLOW:
+                self._close_slow(conn)
+                return
+            if verdict is Verdict.GONE:
+                await self.disconnect(conn.client_id, CLOSE_HEARTBEAT_TIMEOUT, verdict.value)
                 return
             if not conn.subscribed and now - conn.connected_at > cfg.subscribe_deadline:
                 await self.disconnect(conn.client_id, CLOSE_NO_SUBSCRIBE, "no subscribe in time")
                 return
-            self.send_local(conn, server_frame("ping"))
+            conn.outbox.push(PING, reply=True)
 
     async def _read(self, conn: ClientConnection) -> None:
         ws = conn.websocket
@@ -277,7 +331,7 @@ class WebSocketManager:
                 message = await ws.receive()
                 if message["type"] == "websocket.disconnect":
                     return
-                conn.last_heard = time.monotonic()
+                conn.beat.heard(time.monotonic())
                 text = message.get("text")
                 size = _frame_size(text, message.get("bytes"), self.config.max_frame_bytes)
                 if size > self.config.max_frame_bytes:
@@ -309,7 +363,8 @@ class WebSocketManager:
             if isinstance(msg, Ping):
                 self.send_local(conn, server_frame("pong", request_id=msg.id))
             elif isinstance(msg, Pong):
-                pass
+                conn.beat.pong(msg.id, time.monotonic())
+                conn.read_progress.set()
             elif isinstance(msg, Subscribe):
                 await self.subscribe(conn, msg)
             elif isinstance(msg, Unsubscribe):
@@ -327,57 +382,92 @@ class WebSocketManager:
             logger.exception("request %r failed", msg)
             self.send_local(conn, error_reply(msg.id, "internal_error", f"{type(e).__name__}: {e}"))
 
-    async def subscribe(self, conn: ClientConnection, msg: Subscribe) -> None:
-        conn.subscribed = True
-        if msg.since is None:
-            self.index.subscribe(conn.client_id, msg.channels)
-            self.send_local(
-                conn,
-                ack(
-                    msg.id,
-                    channels=sorted(self.index.channels_of(conn.client_id)),
-                    epoch=self.epoch,
-                    seq=self.cursor,
-                ),
-            )
+    async def _send_snapshots(self, conn: ClientConnection, channels: list[str]) -> None:
+        """Each ``job:<id>`` subscription first gets a ``job.snapshot`` of that job."""
+        if self._snapshots is None:
             return
-        # Buffer live entries while the history is read, then merge by seq: no gap at the
-        # seam, and no entry twice.
-        conn.replay_buffer = conn.replay_buffer if conn.replay_buffer is not None else []
-        self.index.subscribe(conn.client_id, msg.channels)
-        try:
-            reply = await self._hub_handle().replay.remote(msg.since, msg.channels, None, msg.epoch)
-        except BaseException:
-            self._flush_replay(conn, [])
-            raise
-        replayed = [e for e in reply["entries"] if e.seq > msg.since]
-        self.send_local(
-            conn,
-            ack(
-                msg.id,
-                channels=sorted(self.index.channels_of(conn.client_id)),
-                epoch=reply["epoch"],
-                seq=reply["head"],
-                recovered=reply["recovered"],
-                replayed=len(replayed),
-                oldest=reply["oldest"],
-            ),
-        )
-        self._flush_replay(conn, replayed)
+        for channel in channels:
+            if not channel.startswith(JOB_CHANNEL_PREFIX):
+                continue
+            snap = await self._snapshots(channel[len(JOB_CHANNEL_PREFIX) :])
+            if snap is not None:
+                frame = server_frame("job.snapshot", **snap)
+                frame["channel"] = channel
+                self.send_local(conn, frame)
 
-    def _flush_replay(self, conn: ClientConnection, replayed: list[LogEntry]) -> None:
-        buffered = conn.replay_buffer or []
-        conn.replay_buffer = None
-        merged = {e.seq: e for e in replayed}
-        for entry in buffered:
-            merged.setdefault(entry.seq, entry)
-        for seq in sorted(merged):
-            self._enqueue(conn, merged[seq].frame)
+    async def subscribe(self, conn: ClientConnection, msg: Subscribe) -> None:
+        """Subscribe; send each job's snapshot, the ack, the replay (with ``since``), then
+        live events. Live entries are held back meanwhile and merged by seq: no gap at the
+        seam and no entry twice."""
+        conn.subscribed = True
+        conn.replays_running += 1
+        if conn.replay_buffer is None:
+            conn.replay_buffer = []
+        replayed: list[LogEntry] = []
+        try:
+            self.index.subscribe(conn.client_id, msg.channels)
+            await self._send_snapshots(conn, msg.channels)
+            channels = sorted(self.index.channels_of(conn.client_id))
+            if msg.since is None:
+                reply_ack = ack(msg.id, channels=channels, epoch=self.epoch, seq=self.cursor)
+            else:
+                reply = await self._hub_handle().replay.remote(
+                    msg.since, msg.channels, None, msg.epoch
+                )
+                replayed = [e for e in reply["entries"] if e.seq > msg.since]
+                reply_ack = ack(
+                    msg.id,
+                    channels=channels,
+                    epoch=reply["epoch"],
+                    seq=reply["head"],
+                    recovered=reply["recovered"],
+                    replayed=len(replayed),
+                    oldest=reply["oldest"],
+                )
+            self.send_local(conn, reply_ack)
+        finally:
+            conn.replays_running -= 1
+            if conn.replay_buffer is None:
+                conn.replay_buffer = []
+            conn.replay_buffer.extend(replayed)
+            if conn.replays_running == 0 and not conn.draining:
+                await self._drain_replay(conn)
+
+    async def _drain_replay(self, conn: ClientConnection) -> None:
+        """Send the replay and the live entries held back meanwhile, in seq order, each once.
+
+        A replay may be far larger than the send queue, so it waits for room (a client that
+        takes nothing for ``heartbeat_timeout`` is slow); live entries keep arriving in the
+        buffer meanwhile and go out in the next round.
+        """
+        conn.draining = True
+        sent: set[int] = set()
+        try:
+            while conn.replay_buffer:
+                batch = sorted({e.seq: e for e in conn.replay_buffer}.values())
+                conn.replay_buffer = []
+                for entry in batch:
+                    if entry.seq in sent or conn.closing:
+                        continue
+                    sent.add(entry.seq)
+                    try:
+                        async with asyncio.timeout(self.config.heartbeat_timeout):
+                            await conn.outbox.put(entry.frame)
+                    except TimeoutError:
+                        self._close_slow(conn)
+                        return
+                    self.delivered += 1
+                if len(conn.replay_buffer) > 16 * self.config.send_queue_size:
+                    self._close_slow(conn)
+                    return
+        finally:
+            conn.replay_buffer = None
+            conn.draining = False
 
     async def command(self, conn: ClientConnection, msg: JobCommand) -> None:
         if self._commands is None:
             raise ControlPlaneError("this process cannot run job commands")
-        result = await self._commands(msg)
+        result = await self._commands(msg, conn.client_id)
         self.send_local(conn, ack(msg.id, job_id=msg.job_id, command=msg.command, **result))
 
     async def close_all(

@@ -101,10 +101,18 @@ def spin_sync(ctx: JobContext, seconds: float = 3600.0) -> str:
     return "spun"
 
 
-async def emit_burst(ctx: JobContext, count: int = 1000, every: int = 1) -> int:
-    """Emit ``count`` progress events as fast as possible (for load tests and benchmarks)."""
+async def emit_burst(
+    ctx: JobContext, count: int = 1000, every: int = 1, rate: float | None = None
+) -> int:
+    """Emit ``count`` progress events, flat out or at ``rate`` per second (for load tests
+    and benchmarks), with a checkpoint every ``every`` events."""
+    started = time.monotonic()
     for i in range(count):
         if i % every == 0:
             await ctx.checkpoint()
+            if rate:
+                ahead = started + i / rate - time.monotonic()
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
         ctx.progress(100 * (i + 1) / count)
     return count

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 TOKEN = "test-token-" + os.urandom(6).hex()
+HISTORY = 20_000  # small enough that a test can outrun it
+SEND_QUEUE = 1024
 
 
 def free_port() -> int:
@@ -44,6 +46,13 @@ def plane(ray_session: None) -> object:
     return control_plane.start(
         port=free_port(),
         token=TOKEN,
+        history=HISTORY,
         system=SystemConfig(metrics_interval=0.5, stall_after=3.0),
-        socket=SocketConfig(heartbeat_interval=1.0, heartbeat_timeout=30.0),
+        socket=SocketConfig(
+            heartbeat_interval=1.0,
+            heartbeat_timeout=10.0,
+            max_lag=10.0,
+            subscribe_deadline=15.0,
+            send_queue_size=SEND_QUEUE,
+        ),
     )

@@ -41,7 +41,8 @@ class TestSocket:
             async for raw in self.ws:
                 frame = json.loads(raw)
                 if frame.get("type") == "ping":
-                    await self.ws.send(json.dumps({"type": "pong"}))
+                    pong = {"type": "pong", "id": frame["data"].get("ping_id")}
+                    await self.ws.send(json.dumps(pong))
                 self.frames.append(frame)
                 self._new.set()
         except websockets.ConnectionClosed:

@@ -1,0 +1,149 @@
+"""Delivery on the real gateway: resume limits, snapshots, heartbeats, slow consumers,
+idempotent commands."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+import pytest
+import ray
+import websockets
+
+import control_plane
+import control_plane.websocket
+from tests.conftest import HISTORY, TOKEN
+from tests.integration.wsclient import TestSocket
+
+pytestmark = pytest.mark.ray
+logger = logging.getLogger(__name__)
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+async def test_since_older_than_the_retained_history_is_not_recovered(plane: Any) -> None:
+    job = control_plane.submit("jobs.examples:emit_burst", count=HISTORY + 5_000, every=1000)
+    assert ray.get(job.result, timeout=120) == HISTORY + 5_000
+    sock = await TestSocket.open(plane.ws_url, TOKEN)
+    ack = await sock.subscribe(f"job:{job.job_id}", since=1)
+    assert ack["data"]["recovered"] is False
+    assert ack["data"]["oldest"] > 2
+    assert 0 < ack["data"]["replayed"] <= HISTORY
+    # a current cursor from another epoch is not trusted either
+    head = ack["data"]["seq"]
+    reply = await sock.request(
+        {"type": "subscribe", "channels": ["system"], "since": head, "epoch": "an-old-epoch"}
+    )
+    assert reply["data"]["recovered"] is False
+    reply = await sock.request(
+        {"type": "subscribe", "channels": ["system"], "since": head, "epoch": ack["data"]["epoch"]}
+    )
+    assert reply["data"]["recovered"] is True
+    await sock.close()
+
+
+async def test_subscribing_to_a_job_first_sends_its_snapshot(plane: Any) -> None:
+    job = control_plane.submit("jobs.examples:agents_pipeline", delay=0.02)
+    ray.get(job.result, timeout=60)
+    sock = await TestSocket.open(plane.ws_url, TOKEN)
+    await sock.subscribe(f"job:{job.job_id}")
+    first = next(f for f in sock.frames if f["type"] not in ("welcome", "ping"))
+    assert first["type"] == "job.snapshot"
+    snap = first["data"]
+    assert first["channel"] == f"job:{job.job_id}"
+    assert snap["job_id"] == job.job_id and snap["status"] == "completed"
+    assert snap["progress"] == 100.0
+    assert {a["name"] for a in snap["agents"]} >= {"planner", "writer"}
+    assert any("summary" in o["output"] for o in snap["recent_outputs"])
+    assert snap["seq"] > 0
+    paused = control_plane.submit("jobs.examples:countdown", steps=500, delay=0.01)
+    assert paused.pause().state == "paused"
+    await sock.subscribe(f"job:{paused.job_id}")
+    snap2 = await sock.wait_for(
+        lambda f: f["type"] == "job.snapshot" and f["data"]["job_id"] == paused.job_id
+    )
+    assert snap2["data"]["status"] == "paused"
+    assert snap2["data"]["progress"] == paused.status().progress
+    paused.cancel()
+    await sock.close()
+
+
+async def test_the_same_request_id_twice_is_applied_once_and_acknowledged_twice(
+    plane: Any,
+) -> None:
+    job = control_plane.submit("jobs.examples:countdown", steps=1000, delay=0.01)
+    sock = await TestSocket.open(plane.ws_url, TOKEN)
+    await sock.subscribe(f"job:{job.job_id}")
+    pause = {"type": "job.pause", "job_id": job.job_id, "id": "pause-once"}
+    await sock.send(pause)
+    first = await sock.wait_for(lambda f: f["data"].get("request_id") == "pause-once")
+    assert first["data"]["status"]["state"] == "paused"
+    resumed = await sock.request({"type": "job.resume", "job_id": job.job_id})
+    assert resumed["data"]["status"]["state"] == "running"
+    await sock.wait_type("job.resumed", job.job_id)
+    count = len(sock.frames)
+    await sock.send(pause)  # a retry of the first pause, e.g. after a reconnect
+    again = await sock.wait_for(
+        lambda f: f["data"].get("request_id") == "pause-once" and sock.frames.index(f) >= count
+    )
+    assert again["type"] == "ack"
+    assert again["data"]["status"] == first["data"]["status"]
+    assert job.status().state == "running"
+    marker = await control_plane.websocket.get_ws_manager().broadcast({"type": "app.marker"})
+    await sock.wait_for(lambda f: f.get("seq") == marker)  # everything before it has arrived
+    assert [f["type"] for f in sock.events(job.job_id)].count("job.paused") == 1
+    job.cancel()
+    await sock.close()
+
+
+async def test_a_client_that_stops_answering_pings_is_closed(plane: Any) -> None:
+    async with websockets.connect(plane.ws_url, additional_headers=AUTH) as ws:
+        # a quiet channel: nothing is sent but the pings it does not answer
+        await ws.send(json.dumps({"type": "subscribe", "channels": ["job:quiet"]}))
+        started = time.monotonic()
+        with pytest.raises(websockets.ConnectionClosed):
+            async with asyncio.timeout(60):
+                while True:
+                    await ws.recv()  # read, but never answer the server's pings
+        logger.info("closed after %.1f s", time.monotonic() - started)
+        assert ws.close_code == 4000
+
+
+async def test_a_socket_that_never_subscribes_is_closed_after_the_deadline(plane: Any) -> None:
+    sock = await TestSocket.open(plane.ws_url, TOKEN)  # it answers pings
+    code, reason = await asyncio.wait_for(sock.closed, 60)
+    assert code == 4001, reason
+
+
+async def test_a_client_that_stops_reading_is_closed_while_others_keep_up(plane: Any) -> None:
+    fast = await TestSocket.open(plane.ws_url, TOKEN)
+    slow = await websockets.connect(plane.ws_url, additional_headers=AUTH, max_queue=1)
+    count = 20_000
+    job = control_plane.submit(
+        "jobs.examples:emit_burst",
+        count=count,
+        every=100,
+        rate=4000,
+        job_options={"pause_timeout": 30},
+    )
+    assert job.pause().state == "paused"  # held at its first checkpoint until both listen
+    await fast.subscribe(f"job:{job.job_id}")
+    await slow.send(json.dumps({"type": "subscribe", "channels": [f"job:{job.job_id}"]}))
+    await slow.recv()  # the welcome; from here on it never reads again
+    started = time.monotonic()
+    job.resume()
+    await fast.wait_type("job.completed", job.job_id, timeout=120)
+    fast_done = time.monotonic() - started
+    progress = [f for f in fast.events(job.job_id) if f["type"] == "job.progress"]
+    assert len(progress) == count
+    # it reads again: what was queued before the close, then the close frame
+    with pytest.raises(websockets.ConnectionClosed):
+        async with asyncio.timeout(60):
+            while True:
+                await slow.recv()
+    logger.info("fast client got %d events in %.2f s", len(progress), fast_done)
+    assert slow.close_code == 4008
+    assert slow.close_reason == "slow consumer"
+    await fast.close()
