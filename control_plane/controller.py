@@ -179,19 +179,21 @@ class IdempotencyCache:
         return len(self._entries)
 
     async def run(self, key: tuple[str, str], action: Callable[[], Awaitable[Any]]) -> Any:
-        """Run ``action`` once per key; later calls with the key get the same outcome."""
-        future = self._entries.get(key)
-        if future is None:
-            future = asyncio.get_running_loop().create_future()
-            self._entries[key] = future
+        """Run ``action`` once per key; later calls with the key get the same outcome.
+
+        The action runs in its own task, so a caller that goes away (its socket closed)
+        does not cancel it for the retry that comes after the reconnect.
+        """
+        task = self._entries.get(key)
+        if task is None:
+            task = asyncio.ensure_future(action())
+            task.add_done_callback(_retrieve)
+            self._entries[key] = task
             while len(self._entries) > self._size:
                 self._entries.popitem(last=False)
-            try:
-                future.set_result(await action())
-            except asyncio.CancelledError:
-                self._entries.pop(key, None)
-                future.cancel()
-                raise
-            except Exception as e:
-                future.set_exception(e)
-        return await asyncio.shield(future)
+        return await asyncio.shield(task)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # marks it retrieved; callers get it through await

@@ -310,9 +310,16 @@ class Controller:
             epoch = result.epoch
             cursor = result.entries[-1].seq if result.entries else result.head
 
+    def _forget_trimmed(self) -> None:
+        """Drop results of jobs the registry no longer keeps (it keeps the newest finished)."""
+        for table in (self._runs, self._done, self._options):
+            for job_id in [j for j in table if j not in self._registry]:
+                del table[job_id]
+
     async def _metrics_loop(self) -> None:
         while True:
             try:
+                self._forget_trimmed()
                 await self.publish_system_events()
             except Exception:
                 logger.exception("system metrics failed")

@@ -64,16 +64,21 @@ class EventEmitter:
     def sent_batches(self) -> int:
         return self._sent_batches
 
-    def emit(self, event: dict[str, Any], urgent: bool = False) -> None:
-        """Queue one envelope; thread-safe. Blocks only while ``max_buffer`` events wait for
-        the hub: a job that outruns the hub is slowed, its memory does not grow."""
+    def wait_for_room(self) -> None:
+        """Block while ``max_buffer`` events wait for the hub. Producers call this before
+        they emit (outside their own locks): a job that outruns the hub is slowed, and its
+        memory does not grow."""
         with self._cond:
-            if self._closed:
-                raise RuntimeError("emitter is closed")
             while len(self._buffer) >= self._max_buffer and not self._closed:
                 self._urgent = True
                 self._cond.notify_all()
                 self._cond.wait(1.0)
+
+    def emit(self, event: dict[str, Any], urgent: bool = False) -> None:
+        """Queue one envelope; thread-safe and never blocks (see :meth:`wait_for_room`)."""
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("emitter is closed")
             self._buffer.append(event)
             self._emitted += 1
             if urgent or len(self._buffer) >= self._max_batch:

@@ -70,10 +70,10 @@ class EventLog:
     @property
     def oldest(self) -> int:
         """The oldest retained seq (``head + 1`` when the history is empty)."""
-        return self._first_seq
+        return self._trimmed_view()[0]
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._trimmed_view()[1])
 
     def append(
         self, events: Iterable[dict[str, Any]], target: str = TARGET_CHANNEL

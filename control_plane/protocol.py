@@ -183,7 +183,10 @@ def normalize_event(message: dict[str, Any]) -> dict[str, Any]:
     event_type = message.get("type")
     if not isinstance(event_type, str) or not _TYPE_RE.match(event_type):
         raise ValueError(f"an event needs a dotted lowercase 'type', got {event_type!r}")
-    data = dict(message.get("data") or {})
+    raw_data = message.get("data")
+    if raw_data is not None and not isinstance(raw_data, dict):
+        raise ValueError(f"an event's 'data' must be an object, not {type(raw_data).__name__}")
+    data = dict(raw_data or {})
     for key, value in message.items():
         if key not in _RESERVED_KEYS:
             data[key] = value

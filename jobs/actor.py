@@ -92,7 +92,9 @@ class JobActor:
             wait_refs,
             interval=options.emit_interval,
         )
-        self._control = JobControl(job_id, name, owner, created_at, self._emitter.emit)
+        self._control = JobControl(
+            job_id, name, owner, created_at, self._emitter.emit, self._emitter.wait_for_room
+        )
         self._context: JobContext | None = None
 
     async def run(self) -> Any:

@@ -51,7 +51,15 @@ _DONE = _Done()
 class JobControl:
     """The job's state, its transitions and the events they emit. Thread-safe."""
 
-    def __init__(self, job_id: str, name: str, owner: str, created_at: str, emit: Emit) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        name: str,
+        owner: str,
+        created_at: str,
+        emit: Emit,
+        wait_room: Callable[[], None] | None = None,
+    ) -> None:
         self.job_id = job_id
         self.name = name
         self.owner = owner
@@ -65,6 +73,9 @@ class JobControl:
         self.cancel_requested = False
         self.last_progress_at = time.monotonic()
         self._emit = emit
+        # Backpressure for the body: called outside the lock before the body emits, so a
+        # slow hub slows the body and never the control calls.
+        self._wait_room = wait_room or (lambda: None)
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
@@ -72,8 +83,15 @@ class JobControl:
     # --- events --------------------------------------------------------------------------
 
     def emit(self, event_type: str, urgent: bool = False, **data: Any) -> None:
-        payload = {"job_id": self.job_id, "status": self.state.value, **data}
+        payload = {**data, "job_id": self.job_id, "status": self.state.value}
         self._emit(make_event(event_type, payload), urgent)
+
+    def emit_from_body(self, event_type: str, **data: Any) -> None:
+        """An event the body makes (agents, custom): dropped once the job has ended."""
+        self._wait_room()
+        with self._lock:
+            if not self.state.terminal:
+                self.emit(event_type, **data)
 
     # --- transitions ---------------------------------------------------------------------
 
@@ -112,7 +130,8 @@ class JobControl:
         with self._lock:
             if self.state is JobState.CANCELLED or self.cancel_requested:
                 raise CancelRequested
-            self._move(Trigger.START)
+            if self.state is not JobState.RUNNING:  # RUNNING: paused and resumed before start
+                self._move(Trigger.START)
             self.emit("job.started", urgent=True, name=self.name)
 
     def pause(self) -> None:
@@ -159,7 +178,10 @@ class JobControl:
 
     def set_progress(self, progress: float, message: str | None) -> None:
         progress = min(100.0, max(0.0, float(progress)))
+        self._wait_room()
         with self._lock:
+            if self.state.terminal:
+                return  # a body still running after a forced cancel
             self.progress = progress
             if message is not None:
                 self.message = message
@@ -236,18 +258,18 @@ class Agent:
         preview = text if isinstance(text, str) else repr(text)
         if len(preview) > OUTPUT_PREVIEW_CHARS:
             preview = preview[: OUTPUT_PREVIEW_CHARS - 1] + "…"
-        self._control.emit("agent.output", agent_id=self.agent_id, output=preview)
+        self._control.emit_from_body("agent.output", agent_id=self.agent_id, output=preview)
 
     def _enter(self) -> Agent:
-        self._control.emit("agent.started", agent_id=self.agent_id, name=self.name)
+        self._control.emit_from_body("agent.started", agent_id=self.agent_id, name=self.name)
         return self
 
     def _exit(self, exc: BaseException | None) -> None:
         if exc is None:
-            self._control.emit("agent.completed", agent_id=self.agent_id)
+            self._control.emit_from_body("agent.completed", agent_id=self.agent_id)
         else:
             error = "cancelled" if isinstance(exc, CancelRequested) else _describe(exc)
-            self._control.emit("agent.failed", agent_id=self.agent_id, error=error)
+            self._control.emit_from_body("agent.failed", agent_id=self.agent_id, error=error)
 
     def __enter__(self) -> Agent:
         return self._enter()
@@ -307,8 +329,13 @@ class JobContext:
         return Agent(self._control, f"{name}-{next(self._agent_ids)}", name)
 
     def emit(self, event_type: str, **data: Any) -> None:
-        """Emit a custom event on this job's channel (``event_type`` like ``app.note``)."""
-        self._control.emit(event_type, **data)
+        """Emit a custom event on this job's channel (``event_type`` like ``app.note``).
+
+        ``job.*``, ``agent.*`` and ``system.*`` belong to the control plane and are refused.
+        """
+        if event_type.startswith(("job.", "agent.", "system.")):
+            raise ValueError(f"{event_type!r} is reserved; use your own prefix, like app.note")
+        self._control.emit_from_body(event_type, **data)
 
     def task(self, remote_function: Any, *args: Any, **kwargs: Any) -> ObjectRef[Any]:
         """Start a Ray task that is cancelled with the job; returns its ObjectRef."""

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from typing import Any
 
 import pytest
@@ -291,3 +292,44 @@ def test_jobs_given_as_functions_run_too(plane: Any) -> None:
     statuses = {s.job_id: s for s in control_plane.list_jobs(["completed"])}
     assert statuses[job.job_id].progress == 100.0
     assert json.dumps(statuses[job.job_id].model_dump(mode="json"))
+
+
+@ray.remote
+class _Keeper:
+    """Holds ObjectRefs a job hands out, so the test can look at its tasks."""
+
+    def __init__(self) -> None:
+        self.refs: list[Any] = []
+
+    def put(self, refs: list[Any]) -> None:
+        self.refs.extend(refs)
+
+    def get(self) -> list[Any]:
+        return self.refs
+
+
+@ray.remote(num_cpus=0)
+def _sleeper(seconds: float) -> str:
+    time.sleep(seconds)
+    return "slept"
+
+
+async def _job_with_a_long_task(ctx: Any, keeper: Any) -> None:
+    ref = ctx.task(_sleeper, 600)
+    await keeper.put.remote([ref])
+    while True:
+        await ctx.checkpoint()
+        await asyncio.sleep(0.02)
+
+
+def test_ray_tasks_started_through_the_context_are_cancelled_with_the_job(plane: Any) -> None:
+    keeper = _Keeper.remote()  # type: ignore[attr-defined]
+    job = control_plane.submit(_job_with_a_long_task, keeper)
+    deadline = time.monotonic() + 60
+    while not ray.get(keeper.get.remote()):
+        assert time.monotonic() < deadline, "the job never started its task"
+        time.sleep(0.05)
+    assert job.cancel().state == "cancelled"
+    [task_ref] = ray.get(keeper.get.remote())
+    with pytest.raises((ray.exceptions.TaskCancelledError, ray.exceptions.RayTaskError)):
+        ray.get(task_ref, timeout=60)

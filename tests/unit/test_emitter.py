@@ -1,0 +1,285 @@
+"""EventEmitter with a fake transport: batching, order, urgency, flush, close, threads."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from control_plane.emitter import EventEmitter
+
+pytestmark = pytest.mark.timeout(20)
+
+WAIT = 5.0  # bound on every wait for something that should happen at once
+
+
+class FakeHub:
+    """``send`` records batches and returns a handle; ``wait`` records what it was asked."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.batches: list[list[dict[str, Any]]] = []
+        self.waits: list[tuple[list[int], float]] = []
+        self.gate: threading.Event | None = None  # when set up, send blocks until it is set
+        self.fail_next = False
+
+    def send(self, batch: list[dict[str, Any]]) -> int:
+        with self.cond:
+            if self.fail_next:
+                self.fail_next = False
+                self.cond.notify_all()
+                raise ConnectionError("hub is gone")
+            self.batches.append(list(batch))
+            handle = len(self.batches)
+            self.cond.notify_all()
+            gate = self.gate
+        if gate is not None:
+            assert gate.wait(WAIT), "test left the gate closed"
+        return handle
+
+    def wait(self, handles: list[int], timeout: float) -> None:
+        with self.cond:
+            self.waits.append((list(handles), timeout))
+
+    def events(self) -> list[dict[str, Any]]:
+        with self.cond:
+            return [e for b in self.batches for e in b]
+
+    def until(self, predicate: Callable[[], bool]) -> None:
+        with self.cond:
+            assert self.cond.wait_for(predicate, WAIT), "timed out"
+
+
+@pytest.fixture
+def hub() -> FakeHub:
+    return FakeHub()
+
+
+@pytest.fixture
+def make(hub: FakeHub) -> Iterator[Callable[..., EventEmitter]]:
+    made: list[EventEmitter] = []
+
+    def factory(**kwargs: Any) -> EventEmitter:
+        emitter = EventEmitter(hub.send, hub.wait, **kwargs)
+        made.append(emitter)
+        return emitter
+
+    yield factory
+    if hub.gate is not None:
+        hub.gate.set()
+    for emitter in made:
+        emitter.close(timeout=WAIT)
+        assert not emitter._thread.is_alive()
+
+
+def n(i: int) -> dict[str, Any]:
+    return {"type": "app.n", "timestamp": "t", "data": {"i": i}}
+
+
+def numbers(events: list[dict[str, Any]]) -> list[int]:
+    return [e["data"]["i"] for e in events]
+
+
+def test_events_wait_for_the_batch_and_leave_together_on_flush(hub, make):
+    emitter = make(interval=60.0)
+    for i in range(100):
+        emitter.emit(n(i))
+    assert hub.batches == []  # the batching interval has not run out
+    emitter.flush(timeout=WAIT)
+    assert len(hub.batches) == 1
+    assert numbers(hub.events()) == list(range(100))
+    assert emitter.sent_batches == 1
+
+
+def test_many_events_go_out_in_few_sends(hub, make):
+    hub.gate = threading.Event()
+    emitter = make(interval=0.001)
+    emitter.emit(n(0), urgent=True)
+    hub.until(lambda: len(hub.batches) == 1)  # the flusher is now held inside send
+    for i in range(1, 1000):
+        emitter.emit(n(i))
+    hub.gate.set()
+    emitter.flush(timeout=WAIT)
+    assert numbers(hub.events()) == list(range(1000))
+    assert len(hub.batches) == 2  # one event, then everything that piled up meanwhile
+
+
+def test_order_is_kept_across_batches(hub, make):
+    hub.gate = threading.Event()
+    emitter = make(interval=0.001, max_batch=7)
+    emitter.emit(n(0), urgent=True)
+    hub.until(lambda: len(hub.batches) == 1)
+    for i in range(1, 50):
+        emitter.emit(n(i))
+    hub.gate.set()
+    for i in range(50, 120):
+        emitter.emit(n(i), urgent=i % 9 == 0)
+    emitter.flush(timeout=WAIT)
+    assert len(hub.batches) >= 2
+    assert numbers(hub.events()) == list(range(120))
+
+
+def test_an_urgent_event_is_sent_without_waiting_for_the_interval(hub, make):
+    emitter = make(interval=60.0)
+    emitter.emit(n(0))
+    assert hub.batches == []
+    emitter.emit(n(1), urgent=True)
+    hub.until(lambda: len(hub.batches) == 1)
+    assert numbers(hub.batches[0]) == [0, 1]  # what was waiting goes with it, in order
+
+
+def test_a_full_batch_is_sent_without_waiting_for_the_interval(hub, make):
+    emitter = make(interval=60.0, max_batch=5)
+    for i in range(5):
+        emitter.emit(n(i))
+    hub.until(lambda: len(hub.batches) == 1)
+    assert numbers(hub.batches[0]) == [0, 1, 2, 3, 4]
+
+
+def test_flush_returns_after_the_publishes_are_done(hub, make):
+    emitter = make(interval=60.0)
+    emitter.emit(n(0))
+    emitter.emit(n(1))
+    emitter.flush(timeout=WAIT)
+    assert numbers(hub.events()) == [0, 1]
+    handles, timeout = hub.waits[-1]
+    assert 1 in handles  # it waited on the publish that carried the events
+    assert 0 < timeout <= WAIT
+
+
+def test_flush_with_nothing_emitted_returns_at_once(hub, make):
+    emitter = make()
+    emitter.flush(timeout=WAIT)
+    assert hub.batches == []
+    assert hub.waits == []
+
+
+def test_flush_times_out_when_the_hub_does_not_take_the_events(hub, make):
+    hub.gate = threading.Event()
+    emitter = make(interval=0.001)
+    emitter.emit(n(0), urgent=True)
+    hub.until(lambda: len(hub.batches) == 1)
+    emitter.emit(n(1))
+    with pytest.raises(TimeoutError):
+        emitter.flush(timeout=0.05)
+    hub.gate.set()
+    emitter.flush(timeout=WAIT)
+    assert numbers(hub.events()) == [0, 1]
+
+
+def test_in_flight_publishes_are_bounded(hub, make):
+    emitter = make(interval=0.001, max_in_flight=2)
+    for i in range(3):
+        emitter.emit(n(i), urgent=True)
+        hub.until(lambda i=i: len(hub.batches) == i + 1)
+    # The third send had to wait for the oldest publish first.
+    assert ([1], 30.0) in hub.waits
+    emitter.flush(timeout=WAIT)
+
+
+def test_a_failing_send_drops_that_batch_and_keeps_going(hub, make, caplog):
+    caplog.set_level(logging.ERROR, logger="control_plane.emitter")
+    emitter = make(interval=60.0)
+    hub.fail_next = True
+    emitter.emit(n(0), urgent=True)
+    emitter.flush(timeout=WAIT)  # does not hang on the lost batch
+    emitter.emit(n(1), urgent=True)
+    emitter.flush(timeout=WAIT)
+    assert numbers(hub.events()) == [1]
+    assert emitter.sent_batches == 1
+    assert any("dropping 1 events" in r.getMessage() for r in caplog.records)
+
+
+def test_close_sends_what_is_left_and_stops_the_thread(hub, make):
+    emitter = make(interval=60.0)
+    emitter.emit(n(0))
+    emitter.emit(n(1))
+    emitter.close(timeout=WAIT)
+    assert numbers(hub.events()) == [0, 1]
+    assert not emitter._thread.is_alive()
+
+
+def test_emit_after_close_raises(hub, make):
+    emitter = make()
+    emitter.close(timeout=WAIT)
+    with pytest.raises(RuntimeError, match="closed"):
+        emitter.emit(n(0))
+
+
+def test_close_twice_is_harmless(hub, make):
+    emitter = make()
+    emitter.emit(n(0))
+    emitter.close(timeout=WAIT)
+    emitter.close(timeout=WAIT)
+    assert numbers(hub.events()) == [0]
+
+
+def test_many_threads_emit_without_loss_and_keep_their_own_order(hub, make):
+    emitter = make(interval=0.001, max_batch=64)
+    threads_count, per_thread = 8, 500
+    barrier = threading.Barrier(threads_count)
+
+    def worker(t: int) -> None:
+        barrier.wait(WAIT)
+        for i in range(per_thread):
+            emitter.emit({"type": "app.n", "timestamp": "t", "data": {"t": t, "i": i}}, i % 97 == 0)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(threads_count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+        assert not thread.is_alive()
+    emitter.flush(timeout=WAIT)
+
+    events = hub.events()
+    assert len(events) == threads_count * per_thread
+    for t in range(threads_count):
+        mine = [e["data"]["i"] for e in events if e["data"]["t"] == t]
+        assert mine == list(range(per_thread))
+    assert emitter.sent_batches < len(events)  # batched, not one send per event
+
+
+def test_a_batch_never_exceeds_max_batch(hub, make):
+    hub.gate = threading.Event()
+    emitter = make(interval=0.001, max_batch=10)
+    emitter.emit(n(0), urgent=True)
+    hub.until(lambda: len(hub.batches) == 1)
+    for i in range(1, 95):
+        emitter.emit(n(i))
+    hub.gate.set()
+    emitter.flush(timeout=WAIT)
+    assert max(len(b) for b in hub.batches) <= 10
+    assert numbers(hub.events()) == list(range(95))
+
+
+def test_wait_for_room_blocks_while_the_buffer_is_full_and_goes_on_once_the_hub_takes_events(
+    hub, make
+):
+    hub.gate = threading.Event()
+    emitter = make(interval=0.001, max_batch=2, max_buffer=4)
+    emitter.emit(n(0), urgent=True)
+    hub.until(lambda: len(hub.batches) == 1)  # the flusher is held inside send
+    for i in range(1, 5):
+        emitter.emit(n(i))  # fills the buffer
+    blocked = threading.Event()
+    passed = threading.Event()
+
+    def one_more() -> None:
+        blocked.set()
+        emitter.wait_for_room()
+        emitter.emit(n(5))
+        passed.set()
+
+    thread = threading.Thread(target=one_more)
+    thread.start()
+    assert blocked.wait(WAIT)
+    assert not passed.wait(0.05)  # held: the buffer is full
+    hub.gate.set()
+    assert passed.wait(WAIT)
+    thread.join(WAIT)
+    emitter.flush(timeout=WAIT)
+    assert numbers(hub.events()) == list(range(6))
