@@ -17,7 +17,16 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
 # --- event types -------------------------------------------------------------------------
 
@@ -250,7 +259,7 @@ def server_frame(frame_type: str, **data: Any) -> dict[str, Any]:
 class _ClientMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str | int | None = None
+    id: StrictStr | StrictInt | None = Field(default=None, description="echoed as request_id")
 
 
 class Subscribe(_ClientMessage):
@@ -315,7 +324,8 @@ def parse_client_message(text: str | bytes) -> ClientMessage:
         raise BadFrame("invalid_json", f"frame is not valid JSON: {e}") from e
     if not isinstance(raw, dict):
         raise BadFrame("invalid_message", "frame must be a JSON object")
-    request_id = raw.get("id") if isinstance(raw.get("id"), str | int) else None
+    raw_id = raw.get("id")
+    request_id = raw_id if isinstance(raw_id, str | int) and not isinstance(raw_id, bool) else None
     msg_type = raw.get("type")
     if msg_type is None:
         raise BadFrame("missing_type", "frame has no 'type'", request_id)
@@ -339,6 +349,8 @@ def _first_error(e: ValidationError) -> str:
     if parts and parts[0] in (*CLIENT_MESSAGE_TYPES, "pong"):
         parts = parts[1:]
     loc = ".".join(parts) or loc
+    if parts and parts[0] == "id":
+        return "id must be a string or an integer"
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         return f"unexpected field {loc!r}"
