@@ -116,7 +116,10 @@ class EventLog:
         return self._first_seq, self._entries
 
     def covers(self, after_seq: int) -> bool:
-        """True when every event after ``after_seq`` is still retained."""
+        """True when every event after ``after_seq`` is still retained. ``0`` asks for the
+        oldest retained, whatever it is, so it is always covered."""
+        if after_seq == 0:
+            return True
         first, _ = self._trimmed_view()
         return after_seq >= first - 1 and after_seq <= self._head
 

@@ -12,7 +12,14 @@ from typing import Any
 import ray
 
 from control_plane import runtime
-from control_plane.hub import TARGET_CHANNEL, EventLog, ListenResult, LogEntry
+from control_plane.hub import (
+    TARGET_ALL,
+    TARGET_CHANNEL,
+    EventLog,
+    ListenResult,
+    LogEntry,
+    client_target,
+)
 from control_plane.routing import matches
 
 DEFAULT_HISTORY = 100_000
@@ -33,20 +40,34 @@ class EventHub:
         return await self._log.listen(epoch, after_seq, timeout, limit)
 
     async def replay(
-        self, after_seq: int, channels: list[str], upto: int | None = None, epoch: str | None = None
+        self,
+        after_seq: int,
+        channels: list[str],
+        upto: int | None = None,
+        epoch: str | None = None,
+        client_id: str | None = None,
     ) -> dict[str, Any]:
-        """Retained entries after ``after_seq`` on ``channels`` (for a subscribe with since).
+        """Retained entries after ``after_seq`` for a subscribe with ``since``: those on
+        ``channels``, broadcasts, and those sent to ``client_id``.
 
         ``recovered`` is False when the history no longer reaches back to ``after_seq`` or
-        the caller's epoch is not this log's: the caller must refresh its state.
+        the caller's epoch is not this log's; a cursor from another epoch means nothing
+        here, so the replay then starts from the oldest retained entry.
         """
-        recovered = self._log.covers(after_seq) and (epoch is None or epoch == self._log.epoch)
+        other_epoch = epoch is not None and epoch != self._log.epoch
+        if other_epoch:
+            after_seq = 0
+        recovered = self._log.covers(after_seq) and not other_epoch
+        mine = client_target(client_id) if client_id else None
         entries: list[LogEntry] = [
             e
             for e in self._log.read(after_seq)
-            if e.target == TARGET_CHANNEL
-            and matches(channels, e.channel, e.type)
-            and (upto is None or e.seq <= upto)
+            if (upto is None or e.seq <= upto)
+            and (
+                (e.target == TARGET_CHANNEL and matches(channels, e.channel, e.type))
+                or e.target == TARGET_ALL
+                or e.target == mine
+            )
         ]
         return {
             "epoch": self._log.epoch,

@@ -91,6 +91,7 @@ class ClientConnection:
     closing: bool = False
     replay_buffer: list[LogEntry] | None = None
     replays_running: int = 0
+    broadcasts_replayed: int = 0  # broadcasts up to this seq were replayed already
     draining: bool = False
     sent: int = 0
 
@@ -188,8 +189,16 @@ class WebSocketManager:
                 logger.warning("hub listen failed; retrying", exc_info=True)
                 await asyncio.sleep(0.5)
                 continue
-            if result.reset and result.epoch != self.epoch:
-                logger.warning("hub epoch changed %s -> %s", self.epoch, result.epoch)
+            if result.reset:
+                # The hub restarted, or this replica fell further behind than the history
+                # reaches: its sockets cannot be given what they missed from here. Close
+                # them so that they resume with since and hear from the hub what was lost.
+                why = "event hub restarted" if result.epoch != self.epoch else "gateway lagged"
+                logger.warning("%s (cursor %d, oldest %d)", why, self.cursor, result.oldest)
+                self.epoch = result.epoch
+                self.cursor = result.head
+                await self.close_sockets(CLOSE_RESTARTING, why)
+                continue
             self.epoch = result.epoch
             if result.entries:
                 self.deliver(result.entries)
@@ -359,6 +368,8 @@ class WebSocketManager:
                 task.cancel()
 
     async def _handle(self, conn: ClientConnection, msg: ClientMessage) -> None:
+        if self.connections.get(conn.client_id) is not conn:
+            return  # a socket replaced by a newer one with the same client id
         try:
             if isinstance(msg, Ping):
                 self.send_local(conn, server_frame("pong", request_id=msg.id))
@@ -412,9 +423,18 @@ class WebSocketManager:
                 reply_ack = ack(msg.id, channels=channels, epoch=self.epoch, seq=self.cursor)
             else:
                 reply = await self._hub_handle().replay.remote(
-                    msg.since, msg.channels, None, msg.epoch
+                    msg.since, msg.channels, None, msg.epoch, conn.client_id
                 )
-                replayed = [e for e in reply["entries"] if e.seq > msg.since]
+                # What is newer than this replica's cursor reaches the socket live (held
+                # back until the drain), so the replay stops at the cursor: nothing twice.
+                upto = self.cursor if reply["epoch"] == self.epoch else reply["head"]
+                replayed = [
+                    e
+                    for e in reply["entries"]
+                    if e.seq <= upto
+                    and (e.target != TARGET_ALL or e.seq > conn.broadcasts_replayed)
+                ]
+                conn.broadcasts_replayed = max(conn.broadcasts_replayed, upto)
                 reply_ack = ack(
                     msg.id,
                     channels=channels,
@@ -470,11 +490,14 @@ class WebSocketManager:
         result = await self._commands(msg, conn.client_id)
         self.send_local(conn, ack(msg.id, job_id=msg.job_id, command=msg.command, **result))
 
+    async def close_sockets(self, code: int, reason: str) -> None:
+        for client_id in list(self.connections):
+            await self.disconnect(client_id, code, reason)
+
     async def close_all(
         self, code: int = CLOSE_RESTARTING, reason: str = "server stopping"
     ) -> None:
-        for client_id in list(self.connections):
-            await self.disconnect(client_id, code, reason)
+        await self.close_sockets(code, reason)
         if self._listener is not None:
             self._listener.cancel()
 

@@ -137,6 +137,9 @@ async def test_a_client_that_stops_reading_is_closed_while_others_keep_up(plane:
     await fast.wait_type("job.completed", job.job_id, timeout=120)
     fast_done = time.monotonic() - started
     progress = [f for f in fast.events(job.job_id) if f["type"] == "job.progress"]
+    got = {round(f["data"]["progress"] * count / 100) for f in progress}
+    missing = sorted(set(range(1, count + 1)) - got)
+    assert not missing, f"{len(missing)} missing, from {missing[:3]} to {missing[-3:]}"
     assert len(progress) == count
     # it reads again: what was queued before the close, then the close frame
     with pytest.raises(websockets.ConnectionClosed):
