@@ -29,6 +29,7 @@ from control_plane.errors import (
     JobFailedError,
     JobNotFoundError,
 )
+from control_plane.hub import encode_event
 from control_plane.protocol import SYSTEM_CHANNEL, make_event, utc_now_iso
 from control_plane.system import AlertRules, SystemConfig, collect_cluster_metrics
 from jobs.actor import JobActorRemote, JobOptions, target_name
@@ -52,7 +53,7 @@ class Controller:
         self._options: dict[str, JobOptions] = {}
         self._rules = AlertRules(self._config)
         self._emitter = EventEmitter(
-            lambda batch: self._hub.publish.remote(batch),
+            lambda batch: self._hub.publish_encoded.remote([encode_event(e) for e in batch]),
             wait_refs,
         )
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -304,7 +305,12 @@ class Controller:
                 continue
             if result.reset:
                 epoch = result.epoch
+            # Of a burst of progress, only each job's last one changes what the registry
+            # keeps: parse that one and skip the rest.
+            last_progress = {e.channel: e.seq for e in result.entries if e.type == "job.progress"}
             for entry in result.entries:
+                if entry.type == "job.progress" and last_progress[entry.channel] != entry.seq:
+                    continue
                 if entry.type.startswith(("job.", "agent.")):
                     self._registry.apply_frame(entry.frame)
             epoch = result.epoch

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from collections.abc import Iterable
 from typing import Any, NamedTuple
@@ -26,6 +27,35 @@ CLIENT_TARGET_PREFIX = "client:"
 
 def client_target(client_id: str) -> str:
     return CLIENT_TARGET_PREFIX + client_id
+
+
+# An event encoded by its publisher: (type, channel, frame head, frame tail). The frame is
+# head + ',"seq":N' + tail, so each event is serialised once, by whoever made it.
+Encoded = tuple[str, str, str, str]
+
+
+def encode_event(event: dict[str, Any]) -> Encoded:
+    """Encode an envelope ``{type, timestamp, data[, channel]}`` for the hub."""
+    event_type = event["type"]
+    data = event.get("data") or {}
+    channel = event.get("channel") or channel_for(event_type, data)
+    head = f'{{"type":{_string(event_type)},"timestamp":{_string(event["timestamp"])}'
+    tail = f',"channel":{_string(channel)},"data":{_dumps(data)}}}'
+    return event_type, channel, head, tail
+
+
+_PLAIN = re.compile(r'^[^"\\\x00-\x1f\x7f-\uffff]*$')
+
+
+def _string(value: Any) -> str:
+    """A JSON string; plain ASCII (types, timestamps, channels) is quoted without json."""
+    if isinstance(value, str) and _PLAIN.match(value):
+        return f'"{value}"'
+    return _dumps(value if isinstance(value, str) else str(value))
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)
 
 
 class LogEntry(NamedTuple):
@@ -79,22 +109,18 @@ class EventLog:
         self, events: Iterable[dict[str, Any]], target: str = TARGET_CHANNEL
     ) -> list[LogEntry]:
         """Number and store envelopes ``{type, timestamp, data}``; return the new entries."""
-        added: list[LogEntry] = []
+        return self.append_encoded([encode_event(e) for e in events], target)
+
+    def append_encoded(
+        self, events: Iterable[Encoded], target: str = TARGET_CHANNEL
+    ) -> list[LogEntry]:
+        """Number and store events that :func:`encode_event` made (publishers encode, so the
+        hub only splices the seq into each frame)."""
         seq = self._head
-        for event in events:
+        added: list[LogEntry] = []
+        for event_type, channel, head, tail in events:
             seq += 1
-            data = event.get("data") or {}
-            channel = event.get("channel") or channel_for(event["type"], data)
-            frame = {
-                "type": event["type"],
-                "timestamp": event["timestamp"],
-                "seq": seq,
-                "channel": channel,
-                "data": data,
-            }
-            added.append(
-                LogEntry(seq, channel, event["type"], target, json.dumps(frame, default=str))
-            )
+            added.append(LogEntry(seq, channel, event_type, target, f'{head},"seq":{seq}{tail}'))
         if not added:
             return added
         self._head = seq

@@ -15,6 +15,7 @@ from control_plane import runtime
 from control_plane.hub import (
     TARGET_ALL,
     TARGET_CHANNEL,
+    Encoded,
     EventLog,
     ListenResult,
     LogEntry,
@@ -32,6 +33,11 @@ class EventHub:
     async def publish(self, events: list[dict[str, Any]], target: str = TARGET_CHANNEL) -> int:
         """Append a batch of envelopes; return the seq of the last one."""
         self._log.append(events, target)
+        return self._log.head
+
+    async def publish_encoded(self, events: list[Encoded], target: str = TARGET_CHANNEL) -> int:
+        """Append a batch that its publisher encoded with :func:`encode_event`."""
+        self._log.append_encoded(events, target)
         return self._log.head
 
     async def listen(
