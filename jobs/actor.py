@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from control_plane.emitter import EventEmitter, wait_refs
 from control_plane.errors import JobCancelledError, JobFailedError
+from control_plane.hub import encode_event
 from jobs.context import (
     CancelRequested,
     JobContext,
@@ -88,7 +89,7 @@ class JobActor:
         self._options = options
         self._controller = controller
         self._emitter = EventEmitter(
-            lambda batch: hub.publish.remote(batch),
+            lambda batch: hub.publish_encoded.remote([encode_event(e) for e in batch]),
             wait_refs,
             interval=options.emit_interval,
         )
