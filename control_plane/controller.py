@@ -115,6 +115,8 @@ class JobRegistry:
         record.last_change = time.monotonic()
         record.stall_alerted = False
         if event_type == "job.progress":
+            if record.state.terminal:
+                return record
             record.progress = float(data.get("progress", record.progress))
             if data.get("message") is not None:
                 record.message = data["message"]

@@ -303,8 +303,11 @@ class Controller:
             except RayActorError:
                 await asyncio.sleep(0.5)
                 continue
-            if result.reset:
-                epoch = result.epoch
+            if result.reset and cursor:
+                # Events were lost to this reader (new hub epoch, or it fell behind the
+                # history): ask the live jobs themselves where they are.
+                logger.warning("controller lost hub events (cursor %d); resyncing jobs", cursor)
+                await self._resync()
             # Of a burst of progress, only each job's last one changes what the registry
             # keeps: parse that one and skip the rest.
             last_progress = {e.channel: e.seq for e in result.entries if e.type == "job.progress"}
@@ -321,6 +324,18 @@ class Controller:
         for table in (self._runs, self._done, self._options):
             for job_id in [j for j in table if j not in self._registry]:
                 del table[job_id]
+
+    async def _resync(self) -> None:
+        for job_id, actor in list(self._actors.items()):
+            record = self._registry.get(job_id)
+            if record is None or record.state.terminal:
+                continue
+            try:
+                status = await asyncio.wait_for(_as_future(actor.status.remote()), STATUS_TIMEOUT)
+            except (RayActorError, TimeoutError, GetTimeoutError):
+                continue
+            record.state, record.progress = status.state, status.progress
+            record.message, record.updated_at = status.message, status.updated_at
 
     async def _metrics_loop(self) -> None:
         while True:

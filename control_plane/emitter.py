@@ -2,9 +2,12 @@
 
 A job emits from its event loop or from a worker thread; :class:`EventEmitter` buffers the
 envelopes and a single flusher thread sends them every ``interval`` seconds or as soon as
-``max_batch`` are waiting. One thread sends, so the hub receives a job's batches in the
-order the job emitted them. Lifecycle events are sent ``urgent``ly: the flusher wakes at
-once, so a ``job.paused`` does not wait for the batching interval.
+``max_batch`` are waiting. One thread sends, one batch at a time by default: Ray does not
+promise that an async actor runs two calls from one caller in the order they were sent
+(a large batch waits for its arguments to arrive), so a second batch in flight could
+overtake the first. One in flight keeps a job's events in the order it emitted them.
+Lifecycle events are sent ``urgent``ly: the flusher wakes at once, so a ``job.paused``
+does not wait for the batching interval.
 
 The transport is two callables, so the emitter is tested without Ray: ``send(batch)``
 starts a publish and returns a handle, ``wait(handles, timeout)`` blocks until they are done.
@@ -40,7 +43,7 @@ class EventEmitter:
         *,
         interval: float = 0.005,
         max_batch: int = 1000,
-        max_in_flight: int = 4,
+        max_in_flight: int = 1,
         max_buffer: int = 20_000,
     ) -> None:
         self._send = send

@@ -54,6 +54,7 @@ from control_plane.routing import SubscriptionIndex
 
 logger = logging.getLogger(__name__)
 
+LISTEN_BATCH = 4096  # entries per hub listen call
 CLOSE_NORMAL = 1000
 CLOSE_TOO_BIG = 1009
 CLOSE_SERVER_ERROR = 1011
@@ -66,7 +67,7 @@ CLOSE_SLOW_CONSUMER = 4008
 @dataclass
 class SocketConfig:
     max_frame_bytes: int = 64 * 1024
-    send_queue_size: int = 2048
+    send_queue_size: int = 16_384  # frames; above the listen batch, so a burst fits
     heartbeat_interval: float = 15.0  # seconds between server pings
     heartbeat_timeout: float = 45.0  # close when nothing was heard from the client this long
     max_lag: float = 15.0  # a client this far behind (an unanswered ping) is slow
@@ -182,7 +183,7 @@ class WebSocketManager:
         hub = self._hub_handle()
         while True:
             try:
-                result = await hub.listen.remote(self.epoch, self.cursor, 30.0)
+                result = await hub.listen.remote(self.epoch, self.cursor, 30.0, LISTEN_BATCH)
             except asyncio.CancelledError:
                 raise
             except Exception:

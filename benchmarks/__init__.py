@@ -1,0 +1,1 @@
+"""Benchmarks of the control plane beside their baselines: ``python benchmarks/run.py``."""

@@ -1,0 +1,339 @@
+"""The event path, measured: ingest into the hub, one job to one socket, one job to many.
+
+Each scenario returns its rows, the baseline measured in the same run beside each figure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import ray
+
+import control_plane
+from benchmarks import bodies
+from benchmarks.harness import (
+    BASELINE_TITLE,
+    GATEWAY_TITLE,
+    Bench,
+    Client,
+    Row,
+    cancel_all,
+    close_all,
+    ms,
+    note,
+    one_process,
+    open_many,
+    percentile,
+    processes,
+    rss,
+    submit_started,
+    wait_until,
+)
+from control_plane import runtime
+
+LOAD_JOBS = 4
+INGEST_BATCH = 1000  # the emitter's max_batch: what one hub call carries when a job is flat out
+IN_FLIGHT = 4  # the emitter's max_in_flight
+KEEPS_UP_P99 = 0.25  # a ramp step counts as sustained when all of it arrives with p99 below
+
+
+@dataclass(frozen=True)
+class EventSizes:
+    window: float  # seconds each throughput or latency window lasts
+    ramp: tuple[float, ...]  # events/s steps for the one-socket ramp
+    ramp_step: float  # seconds per ramp step
+    sockets: int  # fan-out sockets
+    fanout_rate: float  # events/s of the fanned-out job
+    ingest_per_job: int  # events each ingest job emits
+
+
+QUICK = EventSizes(2.0, (2000, 4000, 8000, 16000, 32000, 64000), 1.5, 200, 10.0, 100_000)
+FULL = EventSizes(
+    5.0, (2000, 4000, 8000, 12000, 16000, 24000, 32000, 48000, 64000), 3.0, 1000, 10.0, 500_000
+)
+
+
+# --- ingest ---------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def paced_load(bench: Bench, rate: float, seconds: float) -> AsyncIterator[None]:
+    """``LOAD_JOBS`` jobs emitting ``rate`` events/s between them; cancelled on exit."""
+    handles = await submit_started(
+        bench, bodies.ticks, LOAD_JOBS, rates=[rate / LOAD_JOBS], step=seconds
+    )
+    try:
+        yield
+    finally:
+        await cancel_all(handles)
+
+
+async def _rate(
+    sample: Callable[[], Awaitable[int]], start: int, total: int, timeout: float
+) -> float:
+    """Poll a count until it has grown by ``total``; the rate between its 10 % and 90 % marks
+    (start-up and wind-down left out)."""
+    low, high = start + 0.1 * total, start + 0.9 * total
+    mark: tuple[float, int] | None = None
+    deadline = time.monotonic() + timeout
+    while True:
+        n = await sample()
+        now = time.time()
+        if mark is None and n >= low:
+            mark = (now, n)
+        elif mark is not None and n >= high and now > mark[0]:
+            return (n - mark[1]) / (now - mark[0])
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {n - start} of {total} events arrived in {timeout:.0f} s")
+        await asyncio.sleep(0.02)
+
+
+async def ingest(bench: Bench, sizes: EventSizes) -> list[Row]:
+    hub = runtime.hub()
+    epoch, head = await hub.head.remote()
+    gate = bodies.GateActor.remote()
+    count = sizes.ingest_per_job
+    handles = await submit_started(bench, bodies.burst, LOAD_JOBS, count=count, gate=gate)
+
+    async def hub_head() -> int:
+        now_epoch, now_head = await hub.head.remote()
+        if now_epoch != epoch:
+            raise RuntimeError("the hub restarted during the ingest run (a new epoch)")
+        return int(now_head)
+
+    try:
+        await gate.open.remote()
+        ours = await _rate(hub_head, head, LOAD_JOBS * count, timeout=120)
+        jobs_rss = [rss(p) for p in processes("JobActor")]
+        hub_rss = rss(one_process("ray::EventHub"))
+        note(
+            f"RSS at 90 %: job actors up to {max(jobs_rss, default=0) / 2**20:.0f} MB, "
+            f"hub {hub_rss / 2**20:.0f} MB"
+        )
+    finally:
+        await cancel_all(handles)
+        ray.kill(gate)
+
+    counter = bodies.CounterActor.remote()
+    publishers = [bodies.PublisherActor.remote() for _ in range(LOAD_JOBS)]
+    await asyncio.gather(*(a.__ray_ready__.remote() for a in [counter, *publishers]))
+    runs = [p.run.remote(counter, count, INGEST_BATCH, IN_FLIGHT) for p in publishers]
+    try:
+        base = await _rate(counter.count.remote, 0, LOAD_JOBS * count, timeout=120)
+        await asyncio.gather(*runs)
+    finally:
+        for actor in [counter, *publishers]:
+            ray.kill(actor)
+    return [
+        Row(
+            f"ingest: events/s into the hub from {LOAD_JOBS} jobs emitting flat out",
+            ours,
+            "events/s",
+            f"{LOAD_JOBS} callers, batches of {INGEST_BATCH} into an actor that counts",
+            base,
+        )
+    ]
+
+
+# --- end to end: one job, one socket ----------------------------------------------------------
+
+
+def verdict(client: Client, s: int, rate: float, step: float) -> str | None:
+    """None when ramp step ``s`` arrived whole with p99 under KEEPS_UP_P99, else why not."""
+    got = client.latencies(s)
+    expected = int(rate * step)
+    p99 = percentile(got, 99)
+    if len(got) < expected or not p99 <= KEEPS_UP_P99:
+        return f"{rate:.0f}/s: {len(got)}/{expected} arrived, p99 {ms(p99):.0f} ms"
+    return None
+
+
+def sustained(client: Client, ramp: tuple[float, ...], step: float) -> tuple[float, str]:
+    """The highest ramp rate sustained (every step up to it too), and why the next was not."""
+    best = 0.0
+    for s, rate in enumerate(ramp):
+        why = verdict(client, s, rate, step)
+        if why is not None:
+            return best, why
+        best = rate
+    return best, "every step kept up"
+
+
+async def follow_ramp(client: Client, ramp: tuple[float, ...], step: float) -> None:
+    """Return once each step was judged, one failed, or the socket closed: a ramp stops at
+    its first failed step instead of pushing a backlog through the steps above it."""
+    await wait_until(lambda: client.ticks > 0 or client.close_code is not None, 60, "a tick")
+    for s, rate in enumerate(ramp):
+        end = client.first_tick_at + (s + 1) * step + 2 * KEEPS_UP_P99
+        with contextlib.suppress(TimeoutError):
+            await wait_until(lambda: client.close_code is not None, end - time.time(), "")
+        if client.close_code is not None or verdict(client, s, rate, step) is not None:
+            return
+
+
+async def ramp_ours(bench: Bench, ramp: tuple[float, ...], step: float) -> Client:
+    """One socket on one job that emits at each ramp rate in turn; returns the client."""
+    client = await Client.open(bench.ws_url, bench.token)
+    welcome = await client.wait_type("welcome")
+    client.recording = True
+    job = await asyncio.to_thread(
+        control_plane.submit, bodies.ticks, rates=list(ramp), step=step, warmup=1.0
+    )
+    try:
+        # ``since`` replays whatever the job emitted before the subscription landed.
+        await client.subscribe(f"job:{job.job_id}", since=welcome["data"]["seq"])
+        await follow_ramp(client, ramp, step)
+    finally:
+        client.recording = False
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(job.cancel)
+        await client.close()
+    return client
+
+
+async def ramp_baseline(bench: Bench, ramp: tuple[float, ...], step: float) -> Client:
+    client = await Client.open(bench.baseline_url, None)
+    client.recording = True
+    try:
+        await client.send({"mode": "paced", "rates": list(ramp), "step": step})
+        await follow_ramp(client, ramp, step)
+    finally:
+        client.recording = False
+        await client.close()
+    return client
+
+
+async def paced_window(bench: Bench, rate: float, seconds: float, baseline: bool) -> list[float]:
+    """Latencies of ``rate`` events/s for ``seconds`` to one socket (ours or the baseline)."""
+    client = await (ramp_baseline if baseline else ramp_ours)(bench, (rate,), seconds)
+    if not baseline and client.close_code not in (None, 1000):
+        raise RuntimeError(f"the socket was closed with {client.close_code}")
+    return client.latencies()
+
+
+async def end_to_end(bench: Bench, sizes: EventSizes) -> list[Row]:
+    ours_ramp = await ramp_ours(bench, sizes.ramp, sizes.ramp_step)
+    ours, why = sustained(ours_ramp, sizes.ramp, sizes.ramp_step)
+    note(f"ours: sustained {ours:.0f}/s; above it, {why}; close code {ours_ramp.close_code}")
+    base_ramp = await ramp_baseline(bench, sizes.ramp, sizes.ramp_step)
+    base, base_why = sustained(base_ramp, sizes.ramp, sizes.ramp_step)
+    note(f"baseline: sustained {base:.0f}/s; above it, {base_why}")
+    rows = [
+        Row(
+            "end to end: events/s one job → one socket, sustained (all arrive, p99 ≤ 250 ms)",
+            ours,
+            "events/s",
+            "a trivial Serve WebSocket endpoint, the same paced ramp",
+            base,
+        )
+    ]
+    if ours <= 0:
+        raise RuntimeError(f"no ramp step was sustained: {why}")
+    half = ours / 2
+    mine = await paced_window(bench, half, sizes.window, baseline=False)
+    theirs = await paced_window(bench, half, sizes.window, baseline=True)
+    for p in (50, 99):
+        rows.append(
+            Row(
+                f"end to end: latency p{p} at {half:.0f} events/s (half the sustained rate)",
+                ms(percentile(mine, p)),
+                "ms",
+                "the trivial Serve WebSocket endpoint at the same rate",
+                ms(percentile(theirs, p)),
+                higher_is_better=False,
+            )
+        )
+    return rows
+
+
+# --- fan-out: one job, many sockets ----------------------------------------------------------
+
+
+async def _fanout_window(clients: list[Client], seconds: float) -> list[float]:
+    await asyncio.sleep(1.0)
+    for c in clients:
+        c.recording = True
+    await asyncio.sleep(seconds)
+    for c in clients:
+        c.recording = False
+    closed = [c for c in clients if c.close_code is not None]
+    if closed:
+        codes = sorted({c.close_code for c in closed if c.close_code is not None})
+        errors = sorted({repr(c.error) for c in closed if c.error})
+        raise RuntimeError(f"{len(closed)} fan-out sockets closed, codes {codes} {errors}")
+    return [lat for c in clients for lat in c.latencies()]
+
+
+async def fan_out(bench: Bench, sizes: EventSizes) -> list[Row]:
+    n, rate, window = sizes.sockets, sizes.fanout_rate, sizes.window * 2
+    gateway = one_process(GATEWAY_TITLE)
+    proxy = one_process("ray::ProxyActor")
+    before, proxy_before = rss(gateway), rss(proxy)
+    t0 = time.monotonic()
+    clients = await open_many(bench.ws_url, bench.token, n)
+    note(f"opened {n} sockets in {time.monotonic() - t0:.1f} s")
+    job = await asyncio.to_thread(
+        control_plane.submit, bodies.ticks, rates=[rate], step=3600.0, warmup=0.0
+    )
+    try:
+        gate = asyncio.Semaphore(100)
+
+        async def subscribe(c: Client) -> None:
+            async with gate:
+                await c.subscribe(f"job:{job.job_id}")
+
+        await asyncio.gather(*(subscribe(c) for c in clients))
+        ours = await _fanout_window(clients, window)
+        ours_mem = (rss(gateway) - before) / n
+        note(
+            f"ours: {len(ours)} of about {n * rate * window:.0f} events timed; Serve's proxy "
+            f"grew {(rss(proxy) - proxy_before) / n / 1024:.0f} KB per socket"
+        )
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(job.cancel)
+        await close_all(clients)
+
+    baseline = one_process(BASELINE_TITLE)
+    before = rss(baseline)
+    clients = await open_many(bench.baseline_url, None, n)
+    try:
+        gate = asyncio.Semaphore(100)
+
+        async def start(c: Client) -> None:
+            async with gate:
+                await c.send({"mode": "fanout", "rate": rate})
+                await c.wait_type("ack")
+
+        await asyncio.gather(*(start(c) for c in clients))
+        theirs = await _fanout_window(clients, window)
+        theirs_mem = (rss(baseline) - before) / n
+    finally:
+        await close_all(clients)
+    base = "a trivial Serve WebSocket endpoint broadcasting to as many sockets"
+    rows = [
+        Row(
+            f"fan-out: latency p{p}, {n} sockets on one job at {rate:.0f} events/s",
+            ms(percentile(ours, p)),
+            "ms",
+            base,
+            ms(percentile(theirs, p)),
+            higher_is_better=False,
+        )
+        for p in (50, 99)
+    ]
+    rows.append(
+        Row(
+            f"fan-out: gateway replica memory per socket ({n} sockets, RSS growth / sockets)",
+            ours_mem / 1024,
+            "KB",
+            base,
+            theirs_mem / 1024,
+            higher_is_better=False,
+        )
+    )
+    return rows
