@@ -64,9 +64,17 @@ async def _call(fn: Any, *args: Any) -> Any:
     return await asyncio.to_thread(fn, *args)
 
 
-async def _submit_ray_job(client: Any, entrypoint: str) -> str:
-    job_id: str = await asyncio.to_thread(lambda: client.submit_job(entrypoint=entrypoint))
-    return job_id
+async def _submit_ray_job(client: Any, entrypoint: str, timeout: float = 120) -> str:
+    """Submit a Ray Job, waiting for the dashboard's job agent, which starts after Ray does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            job_id: str = await asyncio.to_thread(lambda: client.submit_job(entrypoint=entrypoint))
+            return job_id
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(1.0)
 
 
 async def _ray_jobs_running(client: Any, ids: list[str], timeout: float = 120) -> None:

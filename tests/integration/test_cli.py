@@ -96,7 +96,7 @@ def test_job_commands_from_the_shell(plane: Any) -> None:
         return out.stdout
 
     job_id = (
-        run("submit", "jobs.examples:countdown", "--arg", "steps=400", "--arg", "delay=0.01")
+        run("submit", "jobs.examples:countdown", "--arg", "steps=3000", "--arg", "delay=0.01")
         .strip()
         .splitlines()[-1]
     )

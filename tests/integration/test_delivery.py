@@ -128,8 +128,8 @@ async def test_a_client_that_stops_reading_is_closed_while_others_keep_up(plane:
         rate=4000,
         job_options={"pause_timeout": 30},
     )
-    assert job.pause().state == "paused"  # held at its first checkpoint until both listen
-    await fast.subscribe(f"job:{job.job_id}")
+    assert job.pause().state == "paused"  # held at a checkpoint until both listen
+    await fast.subscribe(f"job:{job.job_id}", since=0)  # since: what came before the hold
     await slow.send(json.dumps({"type": "subscribe", "channels": [f"job:{job.job_id}"]}))
     await slow.recv()  # the welcome; from here on it never reads again
     started = time.monotonic()
