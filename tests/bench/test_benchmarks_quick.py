@@ -1,5 +1,6 @@
 """CI runs the benchmarks in --quick mode only to check that they work; figures are read by
-people, never asserted here (the machines are shared and noisy)."""
+people, never asserted here (the machines are shared and noisy). This folder sorts before
+``integration``, so the benchmark's own Ray runs before the test session starts its one."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent.parent
 WORDS = ("ingest", "end to end", "fan-out", "pause", "poll", "submit")
 KEYS = {"name", "value", "unit", "baseline", "baseline_value", "ratio"}
 
 
+@pytest.mark.timeout(900)
 def test_quick_benchmarks_run_every_scenario_beside_its_baseline(tmp_path: Path) -> None:
     out = tmp_path / "quick.json"
     run = subprocess.run(
