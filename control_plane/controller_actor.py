@@ -194,18 +194,24 @@ class Controller:
                 raise JobCancelledError(job_id, forced=record.forced) from None
             raise JobFailedError(job_id, f"job actor died: {e}") from None
 
+    async def _live_status(self, job_id: str) -> JobStatus | None:
+        """The job actor's own status while it runs (fresher than the registry), or None
+        when the job has ended or its actor does not answer in time."""
+        record = self._registry.get(job_id)
+        actor = self._actors.get(job_id)
+        if record is None or actor is None or record.state.terminal:
+            return None
+        try:
+            status: JobStatus = await asyncio.wait_for(
+                _as_future(actor.status.remote()), STATUS_TIMEOUT
+            )
+        except (RayActorError, TimeoutError, GetTimeoutError):
+            return None
+        return status
+
     async def get_status(self, job_id: str) -> JobStatus:
         record = self._record(job_id)
-        actor = self._actors.get(job_id)
-        if actor is not None and not record.state.terminal:
-            try:
-                status: JobStatus = await asyncio.wait_for(
-                    _as_future(actor.status.remote()), STATUS_TIMEOUT
-                )
-                return status
-            except (RayActorError, TimeoutError, GetTimeoutError):
-                pass
-        return record.status()
+        return await self._live_status(job_id) or record.status()
 
     async def list_jobs(self, states: list[str] | None = None) -> list[JobStatus]:
         wanted = set(states or ())
@@ -234,10 +240,7 @@ class Controller:
 
     async def _settled_status(self, job_id: str, command: str) -> JobStatus:
         record = self._record(job_id)
-        for _ in range(20):
-            if record.state.terminal:
-                break
-            await asyncio.sleep(0.05)
+        await self._settled(job_id, 1.0)
         if command != "cancel" or record.state is not JobState.CANCELLED:
             raise InvalidTransitionError(job_id, record.state.value, command)
         return record.status()
@@ -262,18 +265,14 @@ class Controller:
         if record is None:
             return None
         snap = record.snapshot()
-        actor = self._actors.get(job_id)
-        if actor is not None and not record.state.terminal:
-            try:
-                live = await asyncio.wait_for(_as_future(actor.status.remote()), STATUS_TIMEOUT)
-                snap.update(
-                    state=live.state.value,
-                    status=live.state.value,
-                    progress=live.progress,
-                    message=live.message,
-                )
-            except (RayActorError, TimeoutError, GetTimeoutError):
-                pass
+        live = await self._live_status(job_id)
+        if live is not None:
+            snap.update(
+                state=live.state.value,
+                status=live.state.value,
+                progress=live.progress,
+                message=live.message,
+            )
         return snap
 
     async def pause_job(self, job_id: str) -> JobStatus:
@@ -326,13 +325,10 @@ class Controller:
                 del table[job_id]
 
     async def _resync(self) -> None:
-        for job_id, actor in list(self._actors.items()):
+        for job_id in list(self._actors):
+            status = await self._live_status(job_id)
             record = self._registry.get(job_id)
-            if record is None or record.state.terminal:
-                continue
-            try:
-                status = await asyncio.wait_for(_as_future(actor.status.remote()), STATUS_TIMEOUT)
-            except (RayActorError, TimeoutError, GetTimeoutError):
+            if status is None or record is None:
                 continue
             record.state, record.progress = status.state, status.progress
             record.message, record.updated_at = status.message, status.updated_at

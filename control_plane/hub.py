@@ -174,18 +174,13 @@ class EventLog:
         result = self.listen_now(epoch, after_seq, limit)
         if result.entries or result.reset or timeout <= 0:
             return result
-        changed = self._event()
         try:
             async with asyncio.timeout(timeout):
                 while self._head <= after_seq:
-                    await changed.wait()
-                    changed = self._event()
+                    await self._changed.wait()
         except TimeoutError:
             pass
         return self.listen_now(epoch, after_seq, limit)
-
-    def _event(self) -> asyncio.Event:
-        return self._changed
 
     def _wake(self) -> None:
         # Replacing the event wakes every waiter once without a per-waiter list.

@@ -49,7 +49,6 @@ class EventHub:
         self,
         after_seq: int,
         channels: list[str],
-        upto: int | None = None,
         epoch: str | None = None,
         client_id: str | None = None,
     ) -> dict[str, Any]:
@@ -68,12 +67,9 @@ class EventHub:
         entries: list[LogEntry] = [
             e
             for e in self._log.read(after_seq)
-            if (upto is None or e.seq <= upto)
-            and (
-                (e.target == TARGET_CHANNEL and matches(channels, e.channel, e.type))
-                or e.target == TARGET_ALL
-                or e.target == mine
-            )
+            if (e.target == TARGET_CHANNEL and matches(channels, e.channel, e.type))
+            or e.target == TARGET_ALL
+            or e.target == mine
         ]
         return {
             "epoch": self._log.epoch,

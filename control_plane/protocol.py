@@ -343,12 +343,11 @@ def parse_client_message(text: str | bytes) -> ClientMessage:
 
 def _first_error(e: ValidationError) -> str:
     err = e.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int) or len(err["loc"]) == 1)
     # The discriminated union puts the tag first in loc; drop it for a readable path.
     parts = [str(p) for p in err["loc"]]
     if parts and parts[0] in (*CLIENT_MESSAGE_TYPES, "pong"):
         parts = parts[1:]
-    loc = ".".join(parts) or loc
+    loc = ".".join(parts)
     if parts and parts[0] == "id":
         return "id must be a string or an integer"
     msg = err["msg"]

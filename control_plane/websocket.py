@@ -94,7 +94,6 @@ class ClientConnection:
     replays_running: int = 0
     broadcasts_replayed: int = 0  # broadcasts up to this seq were replayed already
     draining: bool = False
-    sent: int = 0
 
 
 class WebSocketManager:
@@ -305,7 +304,6 @@ class WebSocketManager:
                 assert isinstance(frame, str)
                 await ws.send_text(frame)
                 beat.sent(len(frame))
-                conn.sent += 1
         except (WebSocketDisconnect, RuntimeError, OSError):
             return  # the peer is gone; the reader sees the disconnect
 
@@ -424,7 +422,7 @@ class WebSocketManager:
                 reply_ack = ack(msg.id, channels=channels, epoch=self.epoch, seq=self.cursor)
             else:
                 reply = await self._hub_handle().replay.remote(
-                    msg.since, msg.channels, None, msg.epoch, conn.client_id
+                    msg.since, msg.channels, msg.epoch, conn.client_id
                 )
                 # What is newer than this replica's cursor reaches the socket live (held
                 # back until the drain), so the replay stops at the cursor: nothing twice.

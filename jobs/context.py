@@ -12,7 +12,6 @@ import asyncio
 import itertools
 import json
 import threading
-import time
 from collections.abc import Awaitable, Callable, Generator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -71,7 +70,6 @@ class JobControl:
         self.error: str | None = None
         self.forced = False
         self.cancel_requested = False
-        self.last_progress_at = time.monotonic()
         self._emit = emit
         # Backpressure for the body: called outside the lock before the body emits, so a
         # slow hub slows the body and never the control calls.
@@ -186,7 +184,6 @@ class JobControl:
             if message is not None:
                 self.message = message
             self.updated_at = utc_now_iso()
-            self.last_progress_at = time.monotonic()
             data: dict[str, Any] = {"progress": progress}
             if message is not None:
                 data["message"] = message
