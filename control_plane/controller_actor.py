@@ -29,8 +29,8 @@ from control_plane.errors import (
     JobFailedError,
     JobNotFoundError,
 )
-from control_plane.hub import encode_event
-from control_plane.protocol import SYSTEM_CHANNEL, make_event, utc_now_iso
+from control_plane.hub import UNKNOWN_READER, ReaderFilter, encode_event
+from control_plane.protocol import JOB_CHANNEL_PREFIX, SYSTEM_CHANNEL, make_event, utc_now_iso
 from control_plane.system import AlertRules, SystemConfig, collect_cluster_metrics
 from jobs.actor import JobActorRemote, JobOptions, target_name
 from jobs.lifecycle import JobState, JobStatus
@@ -294,11 +294,23 @@ class Controller:
     # --- background loops ----------------------------------------------------------------
 
     async def _follow_hub(self) -> None:
+        # The hub sends this reader job events only, and of a burst of progress each job's
+        # last one: the only one that changes what the registry keeps.
+        reader = f"controller-{uuid.uuid4().hex[:8]}"
+        wanted = ReaderFilter(
+            prefixes=(JOB_CHANNEL_PREFIX,),
+            broadcasts=False,
+            client_targets=False,
+            latest_progress=True,
+        )
         epoch: str | None = None
         cursor = 0
         while True:
             try:
-                result = await self._hub.listen.remote(epoch, cursor, 30.0)
+                result = await self._hub.listen.remote(epoch, cursor, 30.0, 10_000, reader)
+                if result.version == UNKNOWN_READER:
+                    await self._hub.set_filter.remote(reader, wanted, 1)
+                    continue
             except RayActorError:
                 await asyncio.sleep(0.5)
                 continue
@@ -307,16 +319,11 @@ class Controller:
                 # history): ask the live jobs themselves where they are.
                 logger.warning("controller lost hub events (cursor %d); resyncing jobs", cursor)
                 await self._resync()
-            # Of a burst of progress, only each job's last one changes what the registry
-            # keeps: parse that one and skip the rest.
-            last_progress = {e.channel: e.seq for e in result.entries if e.type == "job.progress"}
             for entry in result.entries:
-                if entry.type == "job.progress" and last_progress[entry.channel] != entry.seq:
-                    continue
                 if entry.type.startswith(("job.", "agent.")):
                     self._registry.apply_frame(entry.frame)
             epoch = result.epoch
-            cursor = result.entries[-1].seq if result.entries else result.head
+            cursor = result.cursor
 
     def _forget_trimmed(self) -> None:
         """Drop results of jobs the registry no longer keeps (it keeps the newest finished)."""

@@ -2,7 +2,9 @@
 
 Publishers call :meth:`EventHub.publish` with a batch; each gateway replica (and the
 controller) keeps exactly one :meth:`EventHub.listen` call in flight with its cursor and gets
-everything after it, so the hub does one call per batch per reader, never one per event.
+what its filter takes after it, so the hub does one call per batch per reader, never one per
+event, and sends a reader nothing it would drop (a replica whose sockets watch one job is not
+sent the events of a thousand others).
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ from control_plane.hub import (
     Encoded,
     EventLog,
     ListenResult,
-    LogEntry,
+    ReaderFilter,
     client_target,
+    select,
 )
-from control_plane.routing import matches
 
 DEFAULT_HISTORY = 100_000
 
@@ -41,9 +43,25 @@ class EventHub:
         return self._log.head
 
     async def listen(
-        self, epoch: str | None, after_seq: int, timeout: float = 30.0, limit: int = 10_000
+        self,
+        epoch: str | None,
+        after_seq: int,
+        timeout: float = 30.0,
+        limit: int = 10_000,
+        reader: str | None = None,
     ) -> ListenResult:
-        return await self._log.listen(epoch, after_seq, timeout, limit)
+        return await self._log.listen(epoch, after_seq, timeout, limit, reader)
+
+    async def set_filter(self, reader: str, wanted: ReaderFilter, version: int) -> None:
+        self._log.set_filter(reader, wanted, version)
+
+    async def drop_reader(self, reader: str) -> None:
+        self._log.drop_reader(reader)
+
+    async def read_filtered(
+        self, epoch: str | None, after_seq: int, upto: int, wanted: ReaderFilter
+    ) -> ListenResult:
+        return self._log.read_filtered(epoch, after_seq, upto, wanted)
 
     async def replay(
         self,
@@ -64,12 +82,11 @@ class EventHub:
             after_seq = 0
         recovered = self._log.covers(after_seq) and not other_epoch
         mine = client_target(client_id) if client_id else None
-        entries: list[LogEntry] = [
+        wanted = ReaderFilter(frozenset(channels), client_targets=mine is not None)
+        entries = [
             e
-            for e in self._log.read(after_seq)
-            if (e.target == TARGET_CHANNEL and matches(channels, e.channel, e.type))
-            or e.target == TARGET_ALL
-            or e.target == mine
+            for e in select(self._log.read(after_seq), wanted)
+            if e.target in (TARGET_CHANNEL, TARGET_ALL) or e.target == mine
         ]
         return {
             "epoch": self._log.epoch,

@@ -67,6 +67,10 @@ class SubscriptionIndex:
     def channels_of(self, client_id: str) -> frozenset[str]:
         return frozenset(self._by_client.get(client_id, ()))
 
+    def channels(self) -> Iterable[str]:
+        """Every channel some client subscribes to."""
+        return self._by_channel.keys()
+
     def clients(self) -> Iterable[str]:
         return self._by_client.keys()
 

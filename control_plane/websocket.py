@@ -3,9 +3,14 @@
 Inside a gateway replica the manager holds that replica's sockets. One listener task keeps
 a single ``hub.listen`` call in flight with the replica's cursor and fans each returned entry
 out to the sockets whose subscriptions match; the frame text was made once by the hub, so a
-fan-out to many sockets serialises nothing. Each socket has a bounded send queue drained by
-its own writer task; a socket whose queue overflows is closed (it resumes with ``since``)
-instead of slowing the hub or the other sockets.
+fan-out to many sockets serialises nothing. The hub sends the replica only the channels its
+sockets subscribe to (the replica's reader filter), so a busy job nobody here watches costs
+the replica nothing; a listen that was out while the channels changed has its range read
+again with the new filter, so a new subscription misses nothing.
+
+Each socket has a bounded send queue drained by its own writer task; a socket whose queue
+overflows is closed (it resumes with ``since``) instead of slowing the hub or the other
+sockets.
 
 ``broadcast`` and ``send_to_client`` publish through the hub, so they work from any process
 on the cluster; :func:`get_ws_manager` returns this process's manager.
@@ -32,7 +37,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from control_plane.errors import ControlPlaneError
 from control_plane.heartbeat import Heartbeat, HeartbeatLimits, Verdict
-from control_plane.hub import TARGET_ALL, LogEntry, client_target
+from control_plane.hub import (
+    TARGET_ALL,
+    UNKNOWN_READER,
+    ListenResult,
+    LogEntry,
+    ReaderFilter,
+    client_target,
+)
 from control_plane.outbox import PING, Outbox
 from control_plane.protocol import (
     JOB_CHANNEL_PREFIX,
@@ -109,6 +121,9 @@ class WebSocketManager:
         self._listener: asyncio.Task[None] | None = None
         self.epoch: str | None = None
         self.cursor = 0
+        self.reader_id = f"gateway-{uuid.uuid4().hex[:12]}"
+        self._filter_channels: frozenset[str] = frozenset()
+        self._filter_version = 0
         self.delivered = 0
         self.dropped_slow = 0
 
@@ -150,6 +165,7 @@ class WebSocketManager:
         """Forget a socket and close it (if it is still open)."""
         conn = self.connections.pop(client_id, None)
         self.index.remove_client(client_id)
+        self._channels_changed(wait=False)
         if conn is None:
             return
         conn.closing = True
@@ -182,12 +198,14 @@ class WebSocketManager:
         hub = self._hub_handle()
         while True:
             try:
-                result = await hub.listen.remote(self.epoch, self.cursor, 30.0, LISTEN_BATCH)
+                result = await self._listen_once(hub)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.warning("hub listen failed; retrying", exc_info=True)
                 await asyncio.sleep(0.5)
+                continue
+            if result is None:
                 continue
             if result.reset:
                 # The hub restarted, or this replica fell further behind than the history
@@ -202,9 +220,49 @@ class WebSocketManager:
             self.epoch = result.epoch
             if result.entries:
                 self.deliver(result.entries)
-                self.cursor = result.entries[-1].seq
-            else:
-                self.cursor = result.head
+            self.cursor = result.cursor
+
+    async def _listen_once(self, hub: Any) -> ListenResult | None:
+        """One filtered listen; None when the hub first had to be told the filter."""
+        result: ListenResult = await hub.listen.remote(
+            self.epoch, self.cursor, 30.0, LISTEN_BATCH, self.reader_id
+        )
+        if result.version == UNKNOWN_READER:
+            await self._push_filter()
+            return None
+        while not result.reset and result.version < self._filter_version:
+            # Sockets subscribed while the listen was out: read its range again with the
+            # channels they need now (and again if they changed once more meanwhile).
+            version = self._filter_version
+            again: ListenResult = await hub.read_filtered.remote(
+                self.epoch, self.cursor, result.cursor, self._wanted()
+            )
+            result = again._replace(version=version)
+        return result
+
+    def _wanted(self) -> ReaderFilter:
+        return ReaderFilter(self._filter_channels)
+
+    def _channels_changed(self, wait: bool = True) -> Awaitable[None] | None:
+        """Tell the hub when the channels this replica's sockets want have changed."""
+        channels = frozenset(self.index.channels())
+        if channels == self._filter_channels:
+            return None
+        self._filter_channels = channels
+        self._filter_version += 1
+        if self._listener is None:
+            return None  # the listener tells the hub when it starts
+        push = self._push_filter()
+        if wait:
+            return push
+        task = asyncio.get_running_loop().create_task(push)
+        task.add_done_callback(_log_failure)
+        return None
+
+    async def _push_filter(self) -> None:
+        await self._hub_handle().set_filter.remote(
+            self.reader_id, self._wanted(), self._filter_version
+        )
 
     def deliver(self, entries: list[LogEntry]) -> None:
         """Queue each entry's frame on the sockets it is for."""
@@ -379,6 +437,7 @@ class WebSocketManager:
                 await self.subscribe(conn, msg)
             elif isinstance(msg, Unsubscribe):
                 self.index.unsubscribe(conn.client_id, msg.channels)
+                self._channels_changed(wait=False)
                 self.send_local(
                     conn, ack(msg.id, channels=sorted(self.index.channels_of(conn.client_id)))
                 )
@@ -416,10 +475,14 @@ class WebSocketManager:
         replayed: list[LogEntry] = []
         try:
             self.index.subscribe(conn.client_id, msg.channels)
+            live_from = self.cursor  # what is newer reaches the socket live
+            pushed = self._channels_changed()
+            if pushed is not None:
+                await pushed
             await self._send_snapshots(conn, msg.channels)
             channels = sorted(self.index.channels_of(conn.client_id))
             if msg.since is None:
-                reply_ack = ack(msg.id, channels=channels, epoch=self.epoch, seq=self.cursor)
+                reply_ack = ack(msg.id, channels=channels, epoch=self.epoch, seq=live_from)
             else:
                 reply = await self._hub_handle().replay.remote(
                     msg.since, msg.channels, msg.epoch, conn.client_id
@@ -508,6 +571,11 @@ class WebSocketManager:
             "epoch": self.epoch,
             "cursor": self.cursor,
         }
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("telling the hub this replica's channels failed", exc_info=task.exception())
 
 
 def _frame_size(text: str | None, data: bytes | None, limit: int) -> int:

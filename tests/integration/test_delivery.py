@@ -150,3 +150,40 @@ async def test_a_client_that_stops_reading_is_closed_while_others_keep_up(plane:
     assert slow.close_code == 4008
     assert slow.close_reason == "slow consumer"
     await fast.close()
+
+
+async def test_sockets_that_subscribe_while_the_gateway_streams_another_job_miss_nothing(
+    plane: Any,
+) -> None:
+    """The hub sends the replica only its sockets' channels. Each new socket here adds a
+    channel to that filter while the replica's listen is busy with another job's stream;
+    from its ack on it must get every event of its job, with no gap."""
+    busy = control_plane.submit("jobs.examples:emit_burst", count=6000, every=50, rate=2000)
+    watched = control_plane.submit("jobs.examples:emit_burst", count=3000, every=20, rate=1000)
+    holder = await TestSocket.open(plane.ws_url, TOKEN)
+    await holder.subscribe(f"job:{busy.job_id}")
+    await holder.wait_type("job.progress", busy.job_id)
+    rounds: list[tuple[int, list[int]]] = []
+    for _ in range(8):
+        sock = await TestSocket.open(plane.ws_url, TOKEN)
+        ack = await sock.subscribe(f"job:{watched.job_id}")
+        await asyncio.sleep(0.15)
+        await sock.close()
+        got = [f["seq"] for f in sock.events(watched.job_id) if f["type"] == "job.progress"]
+        rounds.append((ack["data"]["seq"], got))
+    assert ray.get([busy.result, watched.result], timeout=120) == [6000, 3000]
+    truth_sock = await TestSocket.open(plane.ws_url, TOKEN)
+    first_ack = min(s for s, _ in rounds)
+    reply = await truth_sock.subscribe(f"job:{watched.job_id}", since=first_ack)
+    assert reply["data"]["recovered"] is True
+    await truth_sock.wait_type("job.completed", watched.job_id)
+    truth = [
+        f["seq"] for f in truth_sock.events(watched.job_id) if f["type"] == "job.progress"
+    ]
+    await truth_sock.close()
+    await holder.close()
+    assert sum(len(got) for _, got in rounds) > 0
+    for acked, got in rounds:
+        if got:
+            expected = [s for s in truth if acked < s <= got[-1]]
+            assert got == expected, f"a gap after ack seq {acked}"

@@ -134,6 +134,7 @@ def test_stats_describe_the_log():
         "capacity": 10,
         "fill": 0.4,
         "total_appended": 4,
+        "readers": 0,
     }
 
 
