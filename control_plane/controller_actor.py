@@ -23,13 +23,14 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from control_plane import runtime
 from control_plane.controller import IdempotencyCache, JobRecord, JobRegistry
 from control_plane.emitter import EventEmitter, wait_refs
+from control_plane.encoding import encode_event
 from control_plane.errors import (
     InvalidTransitionError,
     JobCancelledError,
     JobFailedError,
     JobNotFoundError,
 )
-from control_plane.hub import UNKNOWN_READER, ReaderFilter, encode_event
+from control_plane.hub import UNKNOWN_READER, ReaderFilter
 from control_plane.protocol import JOB_CHANNEL_PREFIX, SYSTEM_CHANNEL, make_event, utc_now_iso
 from control_plane.system import AlertRules, SystemConfig, collect_cluster_metrics
 from jobs.actor import JobActorRemote, JobOptions, target_name
@@ -52,7 +53,7 @@ class Controller:
         self._runs: dict[str, ray.ObjectRef[Any]] = {}
         self._options: dict[str, JobOptions] = {}
         self._rules = AlertRules(self._config)
-        self._emitter = EventEmitter(
+        self._emitter: EventEmitter[dict[str, Any]] = EventEmitter(
             lambda batch: self._hub.publish_encoded.remote([encode_event(e) for e in batch]),
             wait_refs,
         )

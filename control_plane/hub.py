@@ -10,14 +10,13 @@ readers must be told so rather than silently skip.
 from __future__ import annotations
 
 import asyncio
-import json
-import re
 import time
 import uuid
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from control_plane.protocol import ALL_CHANNELS, JOBS_CHANNEL, LIFECYCLE_TYPES, channel_for
+from control_plane.encoding import Encoded, encode_event
+from control_plane.protocol import ALL_CHANNELS, JOBS_CHANNEL, LIFECYCLE_TYPES
 
 # Where an entry goes. Most events are routed by channel; broadcast reaches every socket;
 # ``client:<id>`` reaches one socket (the seed's send_to_client).
@@ -28,35 +27,6 @@ CLIENT_TARGET_PREFIX = "client:"
 
 def client_target(client_id: str) -> str:
     return CLIENT_TARGET_PREFIX + client_id
-
-
-# An event encoded by its publisher: (type, channel, frame head, frame tail). The frame is
-# head + ',"seq":N' + tail, so each event is serialised once, by whoever made it.
-Encoded = tuple[str, str, str, str]
-
-
-def encode_event(event: dict[str, Any]) -> Encoded:
-    """Encode an envelope ``{type, timestamp, data[, channel]}`` for the hub."""
-    event_type = event["type"]
-    data = event.get("data") or {}
-    channel = event.get("channel") or channel_for(event_type, data)
-    head = f'{{"type":{_string(event_type)},"timestamp":{_string(event["timestamp"])}'
-    tail = f',"channel":{_string(channel)},"data":{_dumps(data)}}}'
-    return event_type, channel, head, tail
-
-
-_PLAIN = re.compile(r'^[^"\\\x00-\x1f\x7f-\uffff]*$')
-
-
-def _string(value: Any) -> str:
-    """A JSON string; plain ASCII (types, timestamps, channels) is quoted without json."""
-    if isinstance(value, str) and _PLAIN.match(value):
-        return f'"{value}"'
-    return _dumps(value if isinstance(value, str) else str(value))
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), default=str)
 
 
 class LogEntry(NamedTuple):

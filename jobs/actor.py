@@ -21,8 +21,8 @@ import ray
 from pydantic import BaseModel, Field
 
 from control_plane.emitter import EventEmitter, wait_refs
+from control_plane.encoding import Encoded
 from control_plane.errors import JobCancelledError, JobFailedError
-from control_plane.hub import encode_event
 from jobs.context import (
     CancelRequested,
     JobContext,
@@ -88,8 +88,9 @@ class JobActor:
         self._kwargs = kwargs
         self._options = options
         self._controller = controller
-        self._emitter = EventEmitter(
-            lambda batch: hub.publish_encoded.remote([encode_event(e) for e in batch]),
+        # JobControl encodes its events, so a batch goes to the hub as it is.
+        self._emitter: EventEmitter[Encoded] = EventEmitter(
+            lambda batch: hub.publish_encoded.remote(batch),
             wait_refs,
             interval=options.emit_interval,
         )

@@ -177,9 +177,7 @@ async def test_sockets_that_subscribe_while_the_gateway_streams_another_job_miss
     reply = await truth_sock.subscribe(f"job:{watched.job_id}", since=first_ack)
     assert reply["data"]["recovered"] is True
     await truth_sock.wait_type("job.completed", watched.job_id)
-    truth = [
-        f["seq"] for f in truth_sock.events(watched.job_id) if f["type"] == "job.progress"
-    ]
+    truth = [f["seq"] for f in truth_sock.events(watched.job_id) if f["type"] == "job.progress"]
     await truth_sock.close()
     await holder.close()
     assert sum(len(got) for _, got in rounds) > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from control_plane.emitter import EventEmitter
+from control_plane.encoding import Encoded, encode_event
 from control_plane.errors import InvalidTransitionError
 from control_plane.protocol import JOB_EVENT_TYPES, normalize_event
 from jobs.context import (
@@ -27,15 +29,25 @@ pytestmark = pytest.mark.timeout(20)
 WAIT = 5.0
 
 
+def decode(encoded: Encoded) -> dict[str, Any]:
+    """The envelope ``{type, timestamp, data}`` of an encoded event, checking its frame."""
+    event_type, channel, head, tail = encoded
+    frame = json.loads(f'{head},"seq":1{tail}')
+    assert (frame["type"], frame["channel"], frame["seq"]) == (event_type, channel, 1)
+    assert channel == "job:j1"
+    return {"type": frame["type"], "timestamp": frame["timestamp"], "data": frame["data"]}
+
+
 class Recorder:
-    """The emit callable: keeps every envelope and lets a test wait for a type."""
+    """The emit callable: keeps every envelope (decoded) and lets a test wait for a type."""
 
     def __init__(self) -> None:
         self.cond = threading.Condition()
         self.events: list[dict[str, Any]] = []
         self.urgent: list[bool] = []
 
-    def __call__(self, event: dict[str, Any], urgent: bool) -> None:
+    def __call__(self, encoded: Encoded, urgent: bool) -> None:
+        event = decode(encoded)
         with self.cond:
             self.events.append(event)
             self.urgent.append(urgent)
@@ -141,6 +153,18 @@ def test_progress_is_clamped_recorded_and_emitted(running, rec):
     status = running.status()
     assert status.progress == 0.0
     assert status.message == "working"  # kept until a new message comes
+
+
+def test_a_progress_event_is_encoded_as_emit_would_encode_it():
+    frames: list[Encoded] = []
+    control = JobControl("j1", "countdown", "alice", "t", lambda e, urgent: frames.append(e))
+    control.start()
+    control.set_progress(100 / 3, 'step "3" ✓')
+    timestamp = decode(frames[-1])["timestamp"]
+    assert control.status().updated_at == timestamp  # one clock reading for both
+    data = {"progress": 100 / 3, "message": 'step "3" ✓', "job_id": "j1", "status": "running"}
+    event = {"type": "job.progress", "timestamp": timestamp, "data": data}
+    assert frames[-1] == encode_event(event)
 
 
 def test_progress_events_are_not_urgent(running, rec):
@@ -654,7 +678,7 @@ def test_control_calls_answer_while_a_slow_hub_holds_back_the_body():
     gate = threading.Event()
     sending = threading.Event()
 
-    def send(batch: list[dict[str, Any]]) -> int:
+    def send(batch: list[Encoded]) -> int:
         sending.set()
         gate.wait(WAIT)
         return 0
@@ -664,8 +688,8 @@ def test_control_calls_answer_while_a_slow_hub_holds_back_the_body():
     )
     second_progress = threading.Event()
 
-    def emit(event: dict[str, Any], urgent: bool) -> None:
-        if event["type"] == "job.progress" and event["data"]["progress"] == 2:
+    def emit(event: Encoded, urgent: bool) -> None:
+        if event[0] == "job.progress" and decode(event)["data"]["progress"] == 2:
             second_progress.set()  # JobControl holds its lock from here until emit returns
         emitter.emit(event, urgent)
 

@@ -83,15 +83,37 @@ def numbers(events: list[dict[str, Any]]) -> list[int]:
     return [e["data"]["i"] for e in events]
 
 
-def test_events_wait_for_the_batch_and_leave_together_on_flush(hub, make):
+def send_one(hub: FakeHub, emitter: EventEmitter[Any], i: int = -1) -> None:
+    """Send one event and wait until it is out: the batching interval now runs."""
+    sent = len(hub.batches)
+    emitter.emit(n(i))
+    hub.until(lambda: len(hub.batches) == sent + 1)
+
+
+def test_an_event_after_a_quiet_spell_is_sent_at_once(hub, make):
     emitter = make(interval=60.0)
+    send_one(hub, emitter, 0)  # not held for the 60 s interval
+    assert numbers(hub.events()) == [0]
+
+
+def test_events_within_the_interval_wait_for_the_batch_and_leave_together_on_flush(hub, make):
+    emitter = make(interval=60.0)
+    send_one(hub, emitter)
     for i in range(100):
         emitter.emit(n(i))
-    assert hub.batches == []  # the batching interval has not run out
+    assert len(hub.batches) == 1  # the interval since the last send has not run out
     emitter.flush(timeout=WAIT)
-    assert len(hub.batches) == 1
-    assert numbers(hub.events()) == list(range(100))
-    assert emitter.sent_batches == 1
+    assert len(hub.batches) == 2
+    assert numbers(hub.batches[1]) == list(range(100))
+    assert emitter.sent_batches == 2
+
+
+def test_events_go_out_as_they_are(hub, make):
+    emitter = make()
+    encoded = ("app.n", "job:j1", '{"type":"app.n"', "}")
+    emitter.emit(encoded)
+    emitter.flush(timeout=WAIT)
+    assert hub.batches == [[encoded]]
 
 
 def test_many_events_go_out_in_few_sends(hub, make):
@@ -124,19 +146,21 @@ def test_order_is_kept_across_batches(hub, make):
 
 def test_an_urgent_event_is_sent_without_waiting_for_the_interval(hub, make):
     emitter = make(interval=60.0)
+    send_one(hub, emitter)
     emitter.emit(n(0))
-    assert hub.batches == []
+    assert len(hub.batches) == 1
     emitter.emit(n(1), urgent=True)
-    hub.until(lambda: len(hub.batches) == 1)
-    assert numbers(hub.batches[0]) == [0, 1]  # what was waiting goes with it, in order
+    hub.until(lambda: len(hub.batches) == 2)
+    assert numbers(hub.batches[1]) == [0, 1]  # what was waiting goes with it, in order
 
 
 def test_a_full_batch_is_sent_without_waiting_for_the_interval(hub, make):
     emitter = make(interval=60.0, max_batch=5)
+    send_one(hub, emitter)
     for i in range(5):
         emitter.emit(n(i))
-    hub.until(lambda: len(hub.batches) == 1)
-    assert numbers(hub.batches[0]) == [0, 1, 2, 3, 4]
+    hub.until(lambda: len(hub.batches) == 2)
+    assert numbers(hub.batches[1]) == [0, 1, 2, 3, 4]
 
 
 def test_flush_returns_after_the_publishes_are_done(hub, make):
@@ -146,7 +170,7 @@ def test_flush_returns_after_the_publishes_are_done(hub, make):
     emitter.flush(timeout=WAIT)
     assert numbers(hub.events()) == [0, 1]
     handles, timeout = hub.waits[-1]
-    assert 1 in handles  # it waited on the publish that carried the events
+    assert len(hub.batches) in handles  # it waited on the publish that carried the last
     assert 0 < timeout <= WAIT
 
 
@@ -178,6 +202,17 @@ def test_in_flight_publishes_are_bounded(hub, make):
     # The third send had to wait for the oldest publish first.
     assert ([1], 30.0) in hub.waits
     emitter.flush(timeout=WAIT)
+
+
+def test_wait_for_room_returns_at_once_while_there_is_room(hub, make):
+    emitter = make(interval=60.0, max_batch=4, max_buffer=4)
+    send_one(hub, emitter)
+    for i in range(3):
+        emitter.emit(n(i))
+        emitter.wait_for_room()  # at most three waiting of four: it does not hurry the hub
+    assert len(hub.batches) == 1
+    emitter.flush(timeout=WAIT)
+    assert numbers(hub.events()) == [-1, 0, 1, 2]
 
 
 def test_a_failing_send_drops_that_batch_and_keeps_going(hub, make, caplog):
