@@ -111,7 +111,7 @@ def latest_progress_only(entries: list[LogEntry]) -> list[LogEntry]:
     return [e for e in entries if e.type != "job.progress" or last[e.channel] == e.seq]
 
 
-SCAN_LIMIT = 65_536  # entries a filtered listen looks at per return
+SCAN_LIMIT = 65_536  # entries a filtered listen looks at, at most, per return
 READER_IDLE_LIMIT = 600.0  # seconds: a reader not heard of this long is forgotten
 
 
@@ -284,6 +284,10 @@ class EventLog:
             return ListenResult(self.epoch, [], self._head, first, True, start, known.version)
         deadline = time.monotonic() + timeout
         scanned, version = start, known.version
+        # A reader that takes little of a busy log is answered (empty) every ``stretch``
+        # entries, so its cursor stays well inside the history: a new filter re-reads the
+        # range from that cursor, which must not have been trimmed meanwhile.
+        stretch = min(SCAN_LIMIT, max(1, self.capacity // 4))
         while True:
             known = self._readers.get(reader)
             if known is None:
@@ -296,15 +300,14 @@ class EventLog:
             first, _ = self._trimmed_view()
             if scanned < first - 1:
                 return ListenResult(self.epoch, [], self._head, first, True, scanned, version)
-            # Scan a bounded stretch, so a reader that takes little of a busy log moves on.
-            chunk = self.read(scanned, SCAN_LIMIT)
+            chunk = self.read(scanned, start + stretch - scanned)
             taken = select(chunk, known.wanted)
             if len(taken) > limit:
                 taken = taken[:limit]
                 scanned = taken[-1].seq
             elif chunk:
                 scanned = chunk[-1].seq
-            if taken or len(chunk) == SCAN_LIMIT:
+            if taken or scanned - start >= stretch:
                 return ListenResult(self.epoch, taken, self._head, first, False, scanned, version)
             left = deadline - time.monotonic()
             if left <= 0:

@@ -206,3 +206,22 @@ def test_readers_not_heard_of_for_long_are_forgotten(monkeypatch):
     assert log.stats()["readers"] == 1
     log.drop_reader("new")
     assert log.stats()["readers"] == 0
+
+
+async def test_a_waiting_filtered_listen_answers_before_the_history_passes_its_cursor():
+    """Its cursor must stay inside the history: a new filter re-reads from there."""
+    log = EventLog(100, epoch="e")
+    log.set_filter("r", wants("job:a"), 1)
+    waiting = asyncio.create_task(log.listen("e", 0, timeout=5.0, reader="r"))
+    await asyncio.sleep(0)
+    for i in range(30):
+        log.append([ev("b", i=i)])
+        await asyncio.sleep(0)
+    result = await asyncio.wait_for(waiting, 1.0)
+    assert (result.entries, result.reset) == ([], False)
+    assert result.cursor == 25  # a quarter of the history
+    log.append([ev("b", i=i) for i in range(60)])
+    log.set_filter("r", wants("job:a", "job:b"), 2)
+    again = await log.listen("e", result.cursor, timeout=1.0, reader="r")
+    assert not again.reset
+    assert seqs(again.entries)[0] == 26
