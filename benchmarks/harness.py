@@ -387,6 +387,12 @@ class Bench:
         )
         token = "bench-" + secrets.token_hex(8)
         port = free_port()
+        # The baselines are plain Serve apps behind Serve's own HTTP proxy, on its own port;
+        # the gateway serves its port from its replica.
+        baseline_port = free_port()
+        serve.start(
+            http_options={"host": "127.0.0.1", "port": baseline_port}, proxy_location="HeadOnly"
+        )
         info = control_plane.start(port=port, token=token)
         serve.run(
             bodies.baseline_deployment.bind(), name=BASELINE_APP, route_prefix=BASELINE_PREFIX
@@ -396,7 +402,7 @@ class Bench:
             raise RuntimeError("the Ray dashboard did not start (needed for Ray Jobs baselines)")
         return cls(
             ws_url=info.ws_url,
-            baseline_url=f"ws://127.0.0.1:{port}{BASELINE_PREFIX}/ws",
+            baseline_url=f"ws://127.0.0.1:{baseline_port}{BASELINE_PREFIX}/ws",
             token=token,
             dashboard_url=dashboard if "://" in dashboard else f"http://{dashboard}",
             port=port,

@@ -1,5 +1,7 @@
 """The gateway: a FastAPI app with ``/ws``, ``/healthz``, a small REST surface and the page,
-deployed on Ray Serve. Each replica runs one hub listener (in its ``WebSocketManager``).
+deployed on Ray Serve. Each replica runs one hub listener (in its ``WebSocketManager``) and
+serves the app on the gateway's port itself (``replica_server.py`` says why); Serve places,
+supervises and restarts it.
 """
 
 import logging
@@ -14,11 +16,13 @@ from ray import serve
 from control_plane import auth, runtime
 from control_plane.errors import AuthError, CommandError, ControlPlaneError
 from control_plane.protocol import JobCommand, encode, error_reply
+from control_plane.replica_server import ReplicaServer
 from control_plane.websocket import CLOSE_RESTARTING, SocketConfig, get_ws_manager
 
 logger = logging.getLogger(__name__)
 
 DEPLOYMENT_NAME = "gateway"
+HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's resource on the head node only
 
 
 @dataclass
@@ -26,8 +30,9 @@ class GatewayConfig:
     token: str | None  # None only with --no-auth
     allowed_origins: list[str] = field(default_factory=list)
     socket: SocketConfig = field(default_factory=SocketConfig)
-    num_replicas: int = 1
-    max_ongoing_requests: int = 20_000
+    host: str = "127.0.0.1"
+    port: int = 8000
+    num_replicas: int = 1  # one per node; a single one runs on the head node
 
 
 app = FastAPI(title="Ray job control plane", docs_url=None, redoc_url=None)
@@ -55,6 +60,14 @@ class Gateway:
         self._manager.configure(
             config.socket, runtime.hub(), self._run_command, self._controller.snapshot.remote
         )
+        self._server = ReplicaServer(app, config.host, config.port)
+        self._server.start()
+
+    def check_health(self) -> None:
+        """Serve's health check: a replica whose server stopped is replaced."""
+        failure = self._server.failure()
+        if failure is not None:
+            raise RuntimeError(f"the gateway's server on port {self._server.port} ended: {failure}")
 
     async def _run_command(self, msg: JobCommand, client_id: str) -> dict[str, Any]:
         key = (client_id, str(msg.id)) if msg.id is not None else None
@@ -77,6 +90,7 @@ class Gateway:
     async def __del__(self) -> None:
         """Serve calls this when the replica stops: tell clients to come back (1012)."""
         await self._manager.close_all(CLOSE_RESTARTING, "gateway restarting")
+        await self._server.stop()
 
     @app.websocket("/ws")
     async def ws(self, websocket: WebSocket) -> None:
@@ -156,7 +170,15 @@ class Gateway:
 
 
 def build_app(config: GatewayConfig) -> Any:
+    """The gateway application: replicas bind the port on their node, so at most one runs on
+    a node, and a single one runs on the head node (where ``ray up`` users connect)."""
     deployment: Any = Gateway
+    actor_options: dict[str, Any] = {"num_cpus": 0}
+    if config.num_replicas == 1:
+        actor_options["resources"] = {HEAD_NODE_RESOURCE: 0.001}
     return deployment.options(
-        num_replicas=config.num_replicas, max_ongoing_requests=config.max_ongoing_requests
+        num_replicas=config.num_replicas,
+        max_replicas_per_node=1,
+        ray_actor_options=actor_options,
+        graceful_shutdown_timeout_s=5,
     ).bind(config)

@@ -85,14 +85,18 @@ def start(
     ensure_hub(history)
     ensure_controller(system)
     if not _app_running():
-        serve.start(http_options={"host": host, "port": port}, proxy_location="HeadOnly")
+        # The gateway replica serves its own port; Serve's HTTP proxy is not needed (where
+        # Serve already runs, with or without one, this attaches to it as it is).
+        serve.start(proxy_location="Disabled")
         config = GatewayConfig(
             token=token_value,
             allowed_origins=list(allowed_origins),
             socket=socket or SocketConfig(),
+            host=host,
+            port=port,
             num_replicas=num_replicas,
         )
-        serve.run(build_app(config), name=runtime.SERVE_APP_NAME, route_prefix="/")
+        serve.run(build_app(config), name=runtime.SERVE_APP_NAME, route_prefix=None)
     info = ControlPlaneInfo(host, port, token_value, started_ray)
     _wait_healthy(info, ready_timeout)
     _info = info

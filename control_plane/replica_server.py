@@ -1,0 +1,112 @@
+"""The gateway replica's own HTTP server: uvicorn on the gateway's port, in the replica.
+
+Ray Serve runs and supervises the gateway replica (placement, restarts, health checks), but
+its HTTP proxy relays every WebSocket frame from the replica to the proxy as a separate Ray
+streaming-generator item. With a thousand sockets that relay, not our code, set the latency
+(p99 of seconds in ``benchmarks/run.py``'s fan-out, the same for a bare Serve endpoint)
+and doubled the memory per socket. So the replica serves the FastAPI app itself, as Serve's
+own experimental direct ingress does, but on the port the user asked for: frames go from
+the replica's event loop straight to the socket.
+
+The server runs as a task on the loop that runs the app's handlers (Serve's user-code loop),
+so sockets, the hub listener and the handlers share one loop and no frame changes thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import time
+from typing import Any
+
+import uvicorn
+
+logger = logging.getLogger(__name__)
+
+BIND_PATIENCE = 20.0  # seconds to wait for a port a stopping replica still holds
+
+
+def bind(host: str, port: int, patience: float = BIND_PATIENCE) -> socket.socket:
+    """A listening socket on ``host:port``; retries while the port is in use (a replica that
+    Serve is replacing may still hold it), then raises ``OSError``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    deadline = time.monotonic() + patience
+    while True:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(2048)
+            sock.setblocking(False)
+            return sock
+        except OSError as e:
+            sock.close()
+            if e.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
+                raise OSError(e.errno, f"the gateway cannot listen on {host}:{port}: {e}") from e
+            time.sleep(0.25)
+
+
+class ReplicaServer:
+    """uvicorn serving ``app`` on ``host:port`` as a task of the running loop."""
+
+    def __init__(self, app: Any, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self._config = uvicorn.Config(
+            app,
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+            ws="websockets-sansio",
+            ws_ping_interval=None,  # the control plane's own heartbeat pings
+            ws_per_message_deflate=False,  # frames are small; deflate costs CPU per socket
+            ws_max_size=16 * 1024 * 1024,  # the app closes over-limit frames itself (1009)
+            timeout_graceful_shutdown=2,
+        )
+        self._server = uvicorn.Server(self._config)
+        self._task: asyncio.Task[None] | None = None
+        self._socket: socket.socket | None = None
+
+    def start(self) -> None:
+        """Bind now (so a port that cannot be had fails the replica), serve in the background."""
+        self._socket = bind(self.host, self.port)
+        self.port = self._socket.getsockname()[1]
+        self._task = asyncio.get_running_loop().create_task(
+            self._server.serve(sockets=[self._socket])
+        )
+
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def failure(self) -> str | None:
+        """Why the server stopped, or None while it runs."""
+        if self._task is None:
+            return "not started"
+        if not self._task.done():
+            return None
+        if self._task.cancelled():
+            return "cancelled"
+        error = self._task.exception()
+        return f"{type(error).__name__}: {error}" if error else "stopped"
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting, let open requests end (sockets are closed by the app first)."""
+        if self._task is None:
+            return
+        self._server.should_exit = True
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self._task)
+        except (TimeoutError, asyncio.CancelledError):
+            self._server.force_exit = True
+            self._task.cancel()
+        except Exception:
+            logger.warning("the gateway's server stopped with an error", exc_info=True)
+        finally:
+            if self._socket is not None:
+                with contextlib.suppress(OSError):
+                    self._socket.close()
