@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from itertools import repeat
 from typing import Any, NamedTuple
 
-from control_plane.encoding import Encoded, encode_event
+from control_plane.encoding import PROGRESS, Encoded, encode_event
 from control_plane.protocol import ALL_CHANNELS, JOBS_CHANNEL, LIFECYCLE_TYPES
 
 # Where an entry goes. Most events are routed by channel; broadcast reaches every socket;
@@ -77,29 +78,37 @@ class ReaderFilter(NamedTuple):
     latest_progress: bool = False
 
 
-def select(entries: list[LogEntry], wanted: ReaderFilter) -> list[LogEntry]:
-    """The entries ``wanted`` takes, in order."""
+Taker = Callable[[str, str, str], bool]
+
+
+def taker(wanted: ReaderFilter) -> Taker:
+    """``take(channel, type, target)``: whether ``wanted`` takes such an entry."""
     channels = wanted.channels
     everything = ALL_CHANNELS in channels
     jobs = JOBS_CHANNEL in channels
     prefixes = wanted.prefixes
     broadcasts = wanted.broadcasts
     client_targets = wanted.client_targets
-    out = [
-        e
-        for e in entries
-        if (
-            not e.target
-            and (
+
+    def take(channel: str, event_type: str, target: str) -> bool:
+        if not target:
+            return (
                 everything
-                or e.channel in channels
-                or (jobs and e.type in LIFECYCLE_TYPES)
-                or (prefixes and e.channel.startswith(prefixes))
+                or channel in channels
+                or (jobs and event_type in LIFECYCLE_TYPES)
+                or bool(prefixes and channel.startswith(prefixes))
             )
-        )
-        or (e.target == TARGET_ALL and broadcasts)
-        or (client_targets and e.target.startswith(CLIENT_TARGET_PREFIX))
-    ]
+        if target == TARGET_ALL:
+            return broadcasts
+        return client_targets and target.startswith(CLIENT_TARGET_PREFIX)
+
+    return take
+
+
+def select(entries: list[LogEntry], wanted: ReaderFilter) -> list[LogEntry]:
+    """The entries ``wanted`` takes, in order."""
+    take = taker(wanted)
+    out = [e for e in entries if take(e.channel, e.type, e.target)]
     if wanted.latest_progress:
         out = latest_progress_only(out)
     return out
@@ -107,8 +116,8 @@ def select(entries: list[LogEntry], wanted: ReaderFilter) -> list[LogEntry]:
 
 def latest_progress_only(entries: list[LogEntry]) -> list[LogEntry]:
     """Drop each ``job.progress`` entry that a later one on its channel supersedes."""
-    last = {e.channel: e.seq for e in entries if e.type == "job.progress"}
-    return [e for e in entries if e.type != "job.progress" or last[e.channel] == e.seq]
+    last = {e.channel: e.seq for e in entries if e.type == PROGRESS}
+    return [e for e in entries if e.type != PROGRESS or last[e.channel] == e.seq]
 
 
 SCAN_LIMIT = 65_536  # entries a filtered listen looks at, at most, per return
@@ -125,15 +134,24 @@ class _Reader:
 
 
 class EventLog:
-    """Numbers events, keeps the newest ``capacity`` of them, and answers cursor reads."""
+    """Numbers events, keeps the newest ``capacity`` of them, and answers cursor reads.
+
+    The history is kept in columns (type, channel, target, frame head and tail), so that an
+    append costs a few list extends per batch, not an object per event; a :class:`LogEntry`,
+    with its frame, is made only for what a reader is sent.
+    """
 
     def __init__(self, capacity: int = 100_000, epoch: str | None = None) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
         self.epoch = epoch or uuid.uuid4().hex[:12]
-        self._entries: list[LogEntry] = []
-        self._first_seq = 1  # seq of self._entries[0]
+        self._types: list[str] = []
+        self._channels: list[str] = []
+        self._targets: list[str] = []
+        self._heads: list[str] = []
+        self._tails: list[str] = []
+        self._first_seq = 1  # seq of index 0 of the columns
         self._head = 0
         self._changed = asyncio.Event()
         self.total_appended = 0
@@ -147,46 +165,91 @@ class EventLog:
     @property
     def oldest(self) -> int:
         """The oldest retained seq (``head + 1`` when the history is empty)."""
-        return self._trimmed_view()[0]
+        return self._first_seq + self._hidden()
 
     def __len__(self) -> int:
-        return len(self._trimmed_view()[1])
+        return len(self._types) - self._hidden()
 
     def append(
         self, events: Iterable[dict[str, Any]], target: str = TARGET_CHANNEL
     ) -> list[LogEntry]:
         """Number and store envelopes ``{type, timestamp, data}``; return the new entries."""
-        return self.append_encoded([encode_event(e) for e in events], target)
+        before = self._head
+        self.append_encoded([encode_event(e) for e in events], target)
+        return self.read(before) if self._head > before else []
 
-    def append_encoded(
-        self, events: Iterable[Encoded], target: str = TARGET_CHANNEL
-    ) -> list[LogEntry]:
+    def append_encoded(self, events: list[Encoded], target: str = TARGET_CHANNEL) -> int:
         """Number and store events that :func:`encode_event` made (publishers encode, so the
-        hub only splices the seq into each frame)."""
-        seq = self._head
-        added: list[LogEntry] = []
-        for event_type, channel, head, tail in events:
-            seq += 1
-            added.append(LogEntry(seq, channel, event_type, target, f'{head},"seq":{seq}{tail}'))
-        if not added:
-            return added
-        self._head = seq
-        self._entries.extend(added)
-        self.total_appended += len(added)
-        overflow = len(self._entries) - self.capacity
+        hub only splices the seq into each frame when it sends one); return the head."""
+        if not events:
+            return self._head
+        types, channels, heads, tails = zip(*events, strict=True)
+        self._types.extend(types)
+        self._channels.extend(channels)
+        self._heads.extend(heads)
+        self._tails.extend(tails)
+        self._targets.extend(repeat(target, len(types)))
+        self._head += len(types)
+        self.total_appended += len(types)
+        overflow = len(self._types) - self.capacity
         # Trim in chunks so that appends stay amortised O(1).
         if overflow > max(1, self.capacity // 10) or (overflow > 0 and self.capacity < 10):
-            del self._entries[:overflow]
+            for column in (self._types, self._channels, self._targets, self._heads, self._tails):
+                del column[:overflow]
             self._first_seq += overflow
         self._wake()
-        return added
+        return self._head
 
-    def _trimmed_view(self) -> tuple[int, list[LogEntry]]:
-        """(first seq, entries) with the chunked overflow hidden."""
-        overflow = len(self._entries) - self.capacity
-        if overflow > 0:
-            return self._first_seq + overflow, self._entries[overflow:]
-        return self._first_seq, self._entries
+    def _hidden(self) -> int:
+        """Entries past capacity not trimmed yet (the trim is chunked): not retained."""
+        return max(0, len(self._types) - self.capacity)
+
+    def _trimmed_view(self) -> tuple[int, int]:
+        """(oldest retained seq, its index in the columns)."""
+        hidden = self._hidden()
+        return self._first_seq + hidden, hidden
+
+    def _entry(self, index: int) -> LogEntry:
+        seq = self._first_seq + index
+        return LogEntry(
+            seq,
+            self._channels[index],
+            self._types[index],
+            self._targets[index],
+            f'{self._heads[index]},"seq":{seq}{self._tails[index]}',
+        )
+
+    def _index_range(self, after_seq: int, limit: int | None) -> range:
+        """Column indexes of the retained entries with ``seq > after_seq``, at most ``limit``."""
+        lo = max(self._hidden(), after_seq - self._first_seq + 1)
+        hi = len(self._types) if limit is None else min(len(self._types), lo + max(0, limit))
+        return range(lo, max(lo, hi))
+
+    def _taken(self, indexes: range, wanted: ReaderFilter, limit: int) -> tuple[list[int], int]:
+        """(the indexes in ``indexes`` whose entries ``wanted`` takes, at most ``limit``;
+        the last index looked at, or ``indexes.start - 1``)."""
+        take = taker(wanted)
+        lo, hi = indexes.start, indexes.stop
+        taken = [
+            i
+            for i, channel, event_type, target in zip(
+                indexes,
+                self._channels[lo:hi],
+                self._types[lo:hi],
+                self._targets[lo:hi],
+                strict=True,
+            )
+            if take(channel, event_type, target)
+        ]
+        last = hi - 1
+        if len(taken) > limit:
+            del taken[limit:]
+            last = taken[-1]
+        if wanted.latest_progress:
+            types, channels = self._types, self._channels
+            newest = {channels[i]: i for i in taken if types[i] == PROGRESS}
+            taken = [i for i in taken if types[i] != PROGRESS or newest[channels[i]] == i]
+        return taken, last
 
     def covers(self, after_seq: int) -> bool:
         """True when every event after ``after_seq`` is still retained. ``0`` asks for the
@@ -198,11 +261,7 @@ class EventLog:
 
     def read(self, after_seq: int, limit: int | None = None) -> list[LogEntry]:
         """Entries with ``seq > after_seq`` (from the oldest retained if it is older)."""
-        first, entries = self._trimmed_view()
-        start = max(0, after_seq - first + 1)
-        if limit is None:
-            return entries[start:]
-        return entries[start : start + limit]
+        return [self._entry(i) for i in self._index_range(after_seq, limit)]
 
     def listen_now(self, epoch: str | None, after_seq: int, limit: int) -> ListenResult:
         """A non-blocking cursor read that tells the reader when its cursor is void."""
@@ -268,9 +327,11 @@ class EventLog:
         """Entries in ``(after_seq, upto]`` that ``wanted`` takes (a reader whose filter
         changed while its listen was out reads that range again with this)."""
         first, after_seq, reset = self._check_cursor(epoch, after_seq)
-        entries = self.read(after_seq, max(0, upto - after_seq))
-        cursor = entries[-1].seq if entries else after_seq
-        return ListenResult(self.epoch, select(entries, wanted), self._head, first, reset, cursor)
+        indexes = self._index_range(after_seq, upto - after_seq)
+        taken, last = self._taken(indexes, wanted, len(indexes))
+        cursor = self._first_seq + last if indexes else after_seq
+        entries = [self._entry(i) for i in taken]
+        return ListenResult(self.epoch, entries, self._head, first, reset, cursor)
 
     async def _listen_filtered(
         self, epoch: str | None, after_seq: int, timeout: float, limit: int, reader: str
@@ -300,15 +361,13 @@ class EventLog:
             first, _ = self._trimmed_view()
             if scanned < first - 1:
                 return ListenResult(self.epoch, [], self._head, first, True, scanned, version)
-            chunk = self.read(scanned, start + stretch - scanned)
-            taken = select(chunk, known.wanted)
-            if len(taken) > limit:
-                taken = taken[:limit]
-                scanned = taken[-1].seq
-            elif chunk:
-                scanned = chunk[-1].seq
+            indexes = self._index_range(scanned, start + stretch - scanned)
+            taken, last = self._taken(indexes, known.wanted, limit)
+            if indexes:
+                scanned = self._first_seq + last
             if taken or scanned - start >= stretch:
-                return ListenResult(self.epoch, taken, self._head, first, False, scanned, version)
+                entries = [self._entry(i) for i in taken]
+                return ListenResult(self.epoch, entries, self._head, first, False, scanned, version)
             left = deadline - time.monotonic()
             if left <= 0:
                 return ListenResult(self.epoch, [], self._head, first, False, scanned, version)
@@ -329,14 +388,14 @@ class EventLog:
         self._changed = asyncio.Event()
 
     def stats(self) -> dict[str, Any]:
-        first, entries = self._trimmed_view()
+        size = len(self)
         return {
             "epoch": self.epoch,
             "head": self._head,
-            "oldest": first,
-            "size": len(entries),
+            "oldest": self.oldest,
+            "size": size,
             "capacity": self.capacity,
-            "fill": len(entries) / self.capacity,
+            "fill": size / self.capacity,
             "total_appended": self.total_appended,
             "readers": len(self._readers),
         }
