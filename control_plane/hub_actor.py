@@ -9,6 +9,8 @@ sent the events of a thousand others).
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import ray
@@ -24,6 +26,7 @@ from control_plane.hub import (
     client_target,
     select,
 )
+from control_plane.ordering import BatchOrder
 
 DEFAULT_HISTORY = 100_000
 
@@ -31,16 +34,42 @@ DEFAULT_HISTORY = 100_000
 class EventHub:
     def __init__(self, capacity: int = DEFAULT_HISTORY) -> None:
         self._log = EventLog(capacity)
+        self._order: BatchOrder[tuple[list[Encoded], str]] = BatchOrder()
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def publish(self, events: list[dict[str, Any]], target: str = TARGET_CHANNEL) -> int:
         """Append a batch of envelopes; return the seq of the last one."""
         self._log.append(events, target)
         return self._log.head
 
-    async def publish_encoded(self, events: list[Encoded], target: str = TARGET_CHANNEL) -> int:
-        """Append a batch that its publisher encoded with :func:`encode_event`."""
-        self._log.append_encoded(events, target)
+    async def publish_encoded(
+        self,
+        events: list[Encoded],
+        target: str = TARGET_CHANNEL,
+        publisher: str | None = None,
+        number: int | None = None,
+    ) -> int:
+        """Append a batch that its publisher encoded with :func:`encode_event`.
+
+        A ``publisher`` that keeps several batches in flight numbers them from 0; each is
+        appended after the one before it (``ordering.py``)."""
+        if publisher is None or number is None:
+            self._log.append_encoded(events, target)
+            return self._log.head
+        for batch, batch_target in self._order.admit(
+            publisher, number, (events, target), time.monotonic()
+        ):
+            self._log.append_encoded(batch, batch_target)
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
         return self._log.head
+
+    async def _sweep(self) -> None:
+        """Append what waited too long for a batch that never came."""
+        while True:
+            await asyncio.sleep(self._order.gap_wait / 2)
+            for batch, target in self._order.overdue(time.monotonic()):
+                self._log.append_encoded(batch, target)
 
     async def listen(
         self,
@@ -97,7 +126,7 @@ class EventHub:
         }
 
     async def stats(self) -> dict[str, Any]:
-        return self._log.stats()
+        return {**self._log.stats(), "batches_waiting": len(self._order)}
 
     async def head(self) -> tuple[str, int]:
         return self._log.epoch, self._log.head

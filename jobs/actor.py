@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import itertools
 import logging
 import traceback
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +25,7 @@ from pydantic import BaseModel, Field
 from control_plane.emitter import EventEmitter, wait_refs
 from control_plane.encoding import Encoded
 from control_plane.errors import JobCancelledError, JobFailedError
+from control_plane.hub import TARGET_CHANNEL
 from jobs.context import (
     CancelRequested,
     JobContext,
@@ -35,6 +38,8 @@ from jobs.lifecycle import JobState, JobStatus, Trigger
 logger = logging.getLogger(__name__)
 
 CONTROL_GROUP = "control"
+PUBLISH_BATCH = 500  # events per hub call at most
+PUBLISHES_IN_FLIGHT = 4  # hub calls a job keeps going at once (the hub restores their order)
 
 
 class JobOptions(BaseModel):
@@ -88,11 +93,18 @@ class JobActor:
         self._kwargs = kwargs
         self._options = options
         self._controller = controller
-        # JobControl encodes its events, so a batch goes to the hub as it is.
+        # JobControl encodes its events, so a batch goes to the hub as it is. Several are in
+        # flight; the hub puts them back in order by their numbers.
+        numbers = itertools.count()
+        publisher = f"{job_id}-{uuid.uuid4().hex[:8]}"
         self._emitter: EventEmitter[Encoded] = EventEmitter(
-            lambda batch: hub.publish_encoded.remote(batch),
+            lambda batch: hub.publish_encoded.remote(
+                batch, TARGET_CHANNEL, publisher, next(numbers)
+            ),
             wait_refs,
             interval=options.emit_interval,
+            max_batch=PUBLISH_BATCH,
+            max_in_flight=PUBLISHES_IN_FLIGHT,
         )
         self._control = JobControl(
             job_id, name, owner, created_at, self._emitter.emit, self._emitter.wait_for_room
