@@ -115,6 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(e, ControlPlaneError):
             print(f"error: {e.message}", file=sys.stderr)
             return 1
+        if isinstance(e, OSError):  # the gateway's port is taken, and the like
+            print(f"error: {e.strerror or e}", file=sys.stderr)
+            return 1
         raise
 
 

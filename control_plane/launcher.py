@@ -6,6 +6,7 @@ the Serve application's name) and creates only what is missing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import urllib.error
@@ -21,6 +22,7 @@ from control_plane import auth, runtime
 from control_plane.controller_actor import ensure_controller
 from control_plane.gateway import GatewayConfig, build_app
 from control_plane.hub_actor import DEFAULT_HISTORY, ensure_hub
+from control_plane.replica_server import check_free
 from control_plane.system import SystemConfig
 from control_plane.websocket import SocketConfig
 
@@ -77,6 +79,44 @@ def start(
     if _info is not None and ray.is_initialized():
         return _info
     started_ray = runtime.ensure_ray(address)
+    try:
+        info = _start_on_ray(
+            host,
+            port,
+            token,
+            started_ray,
+            no_auth=no_auth,
+            allowed_origins=allowed_origins,
+            socket=socket,
+            system=system,
+            history=history,
+            num_replicas=num_replicas,
+            ready_timeout=ready_timeout,
+        )
+    except BaseException:
+        if started_ray:  # leave nothing behind that the caller cannot see
+            with contextlib.suppress(Exception):
+                serve.shutdown()
+            ray.shutdown()
+        raise
+    _info = info
+    return info
+
+
+def _start_on_ray(
+    host: str,
+    port: int,
+    token: str | None,
+    started_ray: bool,
+    *,
+    no_auth: bool,
+    allowed_origins: Iterable[str],
+    socket: SocketConfig | None,
+    system: SystemConfig | None,
+    history: int,
+    num_replicas: int,
+    ready_timeout: float,
+) -> ControlPlaneInfo:
     if no_auth:
         auth.check_no_auth_allowed(host)
         token_value = None
@@ -85,6 +125,10 @@ def start(
     ensure_hub(history)
     ensure_controller(system)
     if not _app_running():
+        if started_ray:
+            # The gateway's replica runs on this machine (the head node): a port in use
+            # fails here at once, rather than after Serve gave up on the replica.
+            check_free(host, port)
         # The gateway replica serves its own port; Serve's HTTP proxy is not needed (where
         # Serve already runs, with or without one, this attaches to it as it is).
         serve.start(proxy_location="Disabled")
@@ -99,7 +143,6 @@ def start(
         serve.run(build_app(config), name=runtime.SERVE_APP_NAME, route_prefix=None)
     info = ControlPlaneInfo(host, port, token_value, started_ray)
     _wait_healthy(info, ready_timeout)
-    _info = info
     return info
 
 

@@ -26,7 +26,12 @@ import uvicorn
 
 logger = logging.getLogger(__name__)
 
-BIND_PATIENCE = 20.0  # seconds to wait for a port a stopping replica still holds
+BIND_PATIENCE = 5.0  # seconds to wait for a port a stopping replica still holds
+
+
+def check_free(host: str, port: int) -> None:
+    """Raise ``OSError`` naming the address when ``host:port`` cannot be listened on here."""
+    bind(host, port, patience=0).close()
 
 
 def bind(host: str, port: int, patience: float = BIND_PATIENCE) -> socket.socket:
