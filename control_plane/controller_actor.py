@@ -38,6 +38,17 @@ from jobs.lifecycle import JobState, JobStatus
 
 logger = logging.getLogger(__name__)
 
+
+def death_reason(error: BaseException) -> str:
+    """One line on why a job's actor died, from Ray's error (a lost node, a crash, a kill)."""
+    said = [line.strip() for line in str(error).splitlines()]
+    said = [line for line in said if line.startswith("The actor")]
+    why = [line for line in said if "because" in line]  # "... because its node has died."
+    if why or said:
+        return f"job actor died: {(why or said)[0][:300]}"
+    return f"job actor died: {type(error).__name__}"
+
+
 STATUS_TIMEOUT = 5.0
 REAP_DELAY = 0.5
 SETTLE_TIMEOUT = 5.0
@@ -139,7 +150,7 @@ class Controller:
         except RayActorError as e:
             record = self._registry.get(job_id)
             if record is not None and not await self._settled(job_id, 1.0):
-                reason = f"job actor died: {type(e).__name__}"
+                reason = death_reason(e)
                 self._emitter.emit(
                     make_event(
                         "job.failed", {"job_id": job_id, "status": "failed", "error": reason}
@@ -193,7 +204,7 @@ class Controller:
             record = self._record(job_id)
             if record.state is JobState.CANCELLED:
                 raise JobCancelledError(job_id, forced=record.forced) from None
-            raise JobFailedError(job_id, f"job actor died: {e}") from None
+            raise JobFailedError(job_id, death_reason(e)) from None
 
     async def _live_status(self, job_id: str) -> JobStatus | None:
         """The job actor's own status while it runs (fresher than the registry), or None
@@ -211,10 +222,12 @@ class Controller:
         return status
 
     async def get_status(self, job_id: str) -> JobStatus:
+        await self.ready()  # a restarted controller resumes its loops on first use
         record = self._record(job_id)
         return await self._live_status(job_id) or record.status()
 
     async def list_jobs(self, states: list[str] | None = None) -> list[JobStatus]:
+        await self.ready()  # a restarted controller resumes its loops on first use
         wanted = set(states or ())
         return [
             r.status() for r in self._registry.records() if not wanted or r.state.value in wanted

@@ -22,7 +22,6 @@ from control_plane.websocket import CLOSE_RESTARTING, SocketConfig, get_ws_manag
 logger = logging.getLogger(__name__)
 
 DEPLOYMENT_NAME = "gateway"
-HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's resource on the head node only
 
 
 @dataclass
@@ -64,7 +63,9 @@ class Gateway:
         self._server.start()
 
     def check_health(self) -> None:
-        """Serve's health check: a replica whose server stopped is replaced."""
+        """Serve's health check: a replica whose server stopped is replaced. It also pokes
+        the controller, whose loops a restart by Ray would otherwise leave stopped."""
+        self._controller.ready.remote()
         failure = self._server.failure()
         if failure is not None:
             raise RuntimeError(f"the gateway's server on port {self._server.port} ended: {failure}")
@@ -175,7 +176,7 @@ def build_app(config: GatewayConfig) -> Any:
     deployment: Any = Gateway
     actor_options: dict[str, Any] = {"num_cpus": 0}
     if config.num_replicas == 1:
-        actor_options["resources"] = {HEAD_NODE_RESOURCE: 0.001}
+        actor_options["resources"] = {runtime.HEAD_NODE_RESOURCE: 0.001}
     return deployment.options(
         num_replicas=config.num_replicas,
         max_replicas_per_node=1,

@@ -72,8 +72,12 @@ def controller() -> ActorHandle:
     return handle
 
 
+HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's resource on the head node only
+
+
 def singleton_options(name: str) -> dict[str, Any]:
-    """Options for the hub and the controller: named, detached, restarted when they die."""
+    """Options for the hub and the controller: named, detached, restarted when they die,
+    and on the head node, so that losing a worker node loses neither."""
     return {
         "name": name,
         "namespace": NAMESPACE,
@@ -83,4 +87,5 @@ def singleton_options(name: str) -> dict[str, Any]:
         "max_restarts": -1,
         "max_task_retries": -1,
         "max_concurrency": 10_000,
+        "resources": {HEAD_NODE_RESOURCE: 0.001},
     }
