@@ -124,6 +124,7 @@ class WebSocketManager:
         self.reader_id = f"gateway-{uuid.uuid4().hex[:12]}"
         self._filter_channels: frozenset[str] = frozenset()
         self._filter_version = 0
+        self.received = 0  # entries the hub sent this replica
         self.delivered = 0
         self.dropped_slow = 0
 
@@ -219,6 +220,7 @@ class WebSocketManager:
                 continue
             self.epoch = result.epoch
             if result.entries:
+                self.received += len(result.entries)
                 self.deliver(result.entries)
             self.cursor = result.cursor
 
@@ -562,14 +564,18 @@ class WebSocketManager:
         await self.close_sockets(code, reason)
         if self._listener is not None:
             self._listener.cancel()
+            with contextlib.suppress(Exception):  # the hub forgets idle readers anyway
+                await asyncio.wait_for(self._hub_handle().drop_reader.remote(self.reader_id), 2.0)
 
     def stats(self) -> dict[str, Any]:
         return {
             "connections": len(self.connections),
+            "received": self.received,
             "delivered": self.delivered,
             "slow_closed": self.dropped_slow,
             "epoch": self.epoch,
             "cursor": self.cursor,
+            "channels": len(self._filter_channels),
         }
 
 

@@ -185,3 +185,24 @@ async def test_sockets_that_subscribe_while_the_gateway_streams_another_job_miss
         if got:
             expected = [s for s in truth if acked < s <= got[-1]]
             assert got == expected, f"a gap after ack seq {acked}"
+
+
+async def test_the_hub_does_not_send_the_gateway_a_job_no_socket_watches(plane: Any) -> None:
+    """Reader filters: a busy job that no socket subscribes to costs the replica nothing,
+    while a watched one still arrives whole."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=plane.base_url) as http:
+        before = (await http.get("/healthz")).json()["received"]
+        unwatched = control_plane.submit("jobs.examples:emit_burst", count=5000, every=500)
+        assert ray.get(unwatched.result, timeout=120) == 5000
+        after = (await http.get("/healthz")).json()["received"]
+    # Only its lifecycle events may reach sockets (on "jobs", if one still listens there).
+    assert after - before < 100, f"the replica was sent {after - before} entries"
+    sock = await TestSocket.open(plane.ws_url, TOKEN)
+    watched = control_plane.submit("jobs.examples:emit_burst", count=2000, every=500)
+    await sock.subscribe(f"job:{watched.job_id}", since=0)
+    await sock.wait_type("job.completed", watched.job_id, timeout=120)
+    progress = [f for f in sock.events(watched.job_id) if f["type"] == "job.progress"]
+    assert len(progress) == 2000
+    await sock.close()
