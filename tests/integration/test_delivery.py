@@ -200,7 +200,8 @@ async def test_the_hub_does_not_send_the_gateway_a_job_no_socket_watches(plane: 
     # Only its lifecycle events may reach sockets (on "jobs", if one still listens there).
     assert after - before < 100, f"the replica was sent {after - before} entries"
     sock = await TestSocket.open(plane.ws_url, TOKEN)
-    watched = control_plane.submit("jobs.examples:emit_burst", count=2000, every=500)
+    # Paced, so that the live stream never outgrows the tests' small send queue.
+    watched = control_plane.submit("jobs.examples:emit_burst", count=2000, every=100, rate=2000)
     await sock.subscribe(f"job:{watched.job_id}", since=0)
     await sock.wait_type("job.completed", watched.job_id, timeout=120)
     progress = [f for f in sock.events(watched.job_id) if f["type"] == "job.progress"]
