@@ -26,9 +26,9 @@ from benchmarks.harness import (
     Client,
     Row,
     cancel_all,
+    latency_rows,
     ms,
     note,
-    percentile,
     processes,
     submit_started,
     uss,
@@ -183,8 +183,7 @@ async def pause(bench: Bench, sizes: ControlSizes, load_rate: float | None) -> l
     stops = await _ray_job_stops(bench, sizes.ray_job_stops)
     note(f"Ray Jobs stop → STOPPED: {', '.join(f'{ms(s):.0f}' for s in stops)} ms")
     base = f"Ray Jobs stop_job → status STOPPED (idle, p50 of {len(stops)})"
-    stop_p50 = ms(percentile(stops, 50))
-    rows = []
+    rows: list[Row] = []
     for label, run in (("idle", idle), (f"under a {rate:,.0f} events/s load", loaded)):
         if run.lost or run.reconnects:
             note(
@@ -193,17 +192,13 @@ async def pause(bench: Bench, sizes: ControlSizes, load_rate: float | None) -> l
             )
         if run.lost:
             label += f", {run.lost} of {len(run.times)} LOST"
-        for p in (50, 99):
-            rows.append(
-                Row(
-                    f"pause: round trip p{p}, socket command → job.paused, {label}",
-                    ms(percentile(run.times, p)),
-                    "ms",
-                    base,
-                    stop_p50,
-                    higher_is_better=False,
-                )
-            )
+        rows += latency_rows(
+            lambda p, label=label: f"pause: round trip p{p}, socket command → job.paused, {label}",
+            run.times,
+            base,
+            stops,
+            baseline_p=50,
+        )
     return rows
 
 
@@ -265,18 +260,15 @@ async def push_vs_poll(bench: Bench, sizes: ControlSizes) -> list[Row]:
     pushed = await _pushed(bench, sizes.watchers)
     polled = await _polled(bench, sizes.watchers)
     base = f"Ray Jobs get_job_status polled every {RAY_JOBS_POLL:.0f} s, as its docs do"
-    return [
-        Row(
+    return latency_rows(
+        lambda p: (
             f"push vs poll: state change → watcher p{p}, ours pushed (job.completed), "
-            f"{len(pushed)} jobs",
-            ms(percentile(pushed, p)),
-            "ms",
-            base,
-            ms(percentile(polled, p)),
-            higher_is_better=False,
-        )
-        for p in (50, 99)
-    ]
+            f"{len(pushed)} jobs"
+        ),
+        pushed,
+        base,
+        polled,
+    )
 
 
 # --- submit ---------------------------------------------------------------------------------
@@ -368,17 +360,12 @@ async def submit(bench: Bench, sizes: ControlSizes) -> list[Row]:
     ours = await _submit_latencies(bench, sizes.submits)
     bare = await _bare_latencies(sizes.submits)
     base = "a bare Ray actor: .remote() → first method call returns"
-    rows = [
-        Row(
-            f"submit: submit → job.started on the socket p{p} ({len(ours)} in a row)",
-            ms(percentile(ours, p)),
-            "ms",
-            base,
-            ms(percentile(bare, p)),
-            higher_is_better=False,
-        )
-        for p in (50, 99)
-    ]
+    rows = latency_rows(
+        lambda p: f"submit: submit → job.started on the socket p{p} ({len(ours)} in a row)",
+        ours,
+        base,
+        bare,
+    )
     cap = sizes.capacity
     running, rate, mem = await _capacity(bench, cap)
     b_running, b_rate, b_mem = await _bare_capacity(cap)

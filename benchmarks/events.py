@@ -23,6 +23,7 @@ from benchmarks.harness import (
     Row,
     cancel_all,
     close_all,
+    latency_rows,
     ms,
     note,
     one_process,
@@ -236,17 +237,12 @@ async def end_to_end(bench: Bench, sizes: EventSizes) -> list[Row]:
     half = ours / 2
     mine = await paced_window(bench, half, sizes.window, baseline=False)
     theirs = await paced_window(bench, half, sizes.window, baseline=True)
-    for p in (50, 99):
-        rows.append(
-            Row(
-                f"end to end: latency p{p} at {half:.0f} events/s (half the sustained rate)",
-                ms(percentile(mine, p)),
-                "ms",
-                "the trivial Serve WebSocket endpoint at the same rate",
-                ms(percentile(theirs, p)),
-                higher_is_better=False,
-            )
-        )
+    rows += latency_rows(
+        lambda p: f"end to end: latency p{p} at {half:.0f} events/s (half the sustained rate)",
+        mine,
+        "the trivial Serve WebSocket endpoint at the same rate",
+        theirs,
+    )
     return rows
 
 
@@ -315,17 +311,12 @@ async def fan_out(bench: Bench, sizes: EventSizes) -> list[Row]:
     finally:
         await close_all(clients)
     base = "a trivial Serve WebSocket endpoint broadcasting to as many sockets"
-    rows = [
-        Row(
-            f"fan-out: latency p{p}, {n} sockets on one job at {rate:.0f} events/s",
-            ms(percentile(ours, p)),
-            "ms",
-            base,
-            ms(percentile(theirs, p)),
-            higher_is_better=False,
-        )
-        for p in (50, 99)
-    ]
+    rows = latency_rows(
+        lambda p: f"fan-out: latency p{p}, {n} sockets on one job at {rate:.0f} events/s",
+        ours,
+        base,
+        theirs,
+    )
     rows.append(
         Row(
             f"fan-out: gateway replica memory per socket ({n} sockets, RSS growth / sockets)",

@@ -112,6 +112,29 @@ def ms(seconds: float) -> float:
     return seconds * 1000.0
 
 
+def latency_rows(
+    name: Callable[[int], str],
+    ours: Iterable[float],
+    baseline: str,
+    theirs: Iterable[float],
+    baseline_p: int | None = None,
+) -> list[Row]:
+    """The p50 and p99 rows of latencies (seconds, reported in ms), each beside the same
+    percentile of the baseline's, or beside its ``baseline_p`` percentile for both."""
+    mine, base = list(ours), list(theirs)
+    return [
+        Row(
+            name(p),
+            ms(percentile(mine, p)),
+            "ms",
+            baseline,
+            ms(percentile(base, baseline_p or p)),
+            higher_is_better=False,
+        )
+        for p in (50, 99)
+    ]
+
+
 def processes(title: str) -> list[psutil.Process]:
     """Processes of this run's Ray (descendants of this driver) whose command line contains
     ``title`` (a Ray worker's command line is its process title, ``ray::JobActor`` ...).
