@@ -79,6 +79,15 @@ def n(i: int) -> dict[str, Any]:
     return {"type": "app.n", "timestamp": "t", "data": {"i": i}}
 
 
+def held(hub: FakeHub, emitter: EventEmitter) -> EventEmitter:
+    """Hold the hub and send event 0: the flusher is then stuck inside ``send``, so what is
+    emitted next piles up in the buffer until ``hub.gate.set()``."""
+    hub.gate = threading.Event()
+    emitter.emit(n(0), urgent=True)
+    hub.until(lambda: len(hub.batches) == 1)
+    return emitter
+
+
 def numbers(events: list[dict[str, Any]]) -> list[int]:
     return [e["data"]["i"] for e in events]
 
@@ -117,10 +126,7 @@ def test_events_go_out_as_they_are(hub, make):
 
 
 def test_many_events_go_out_in_few_sends(hub, make):
-    hub.gate = threading.Event()
-    emitter = make(interval=0.001)
-    emitter.emit(n(0), urgent=True)
-    hub.until(lambda: len(hub.batches) == 1)  # the flusher is now held inside send
+    emitter = held(hub, make(interval=0.001))
     for i in range(1, 1000):
         emitter.emit(n(i))
     hub.gate.set()
@@ -130,10 +136,7 @@ def test_many_events_go_out_in_few_sends(hub, make):
 
 
 def test_order_is_kept_across_batches(hub, make):
-    hub.gate = threading.Event()
-    emitter = make(interval=0.001, max_batch=7)
-    emitter.emit(n(0), urgent=True)
-    hub.until(lambda: len(hub.batches) == 1)
+    emitter = held(hub, make(interval=0.001, max_batch=7))
     for i in range(1, 50):
         emitter.emit(n(i))
     hub.gate.set()
@@ -182,10 +185,7 @@ def test_flush_with_nothing_emitted_returns_at_once(hub, make):
 
 
 def test_flush_times_out_when_the_hub_does_not_take_the_events(hub, make):
-    hub.gate = threading.Event()
-    emitter = make(interval=0.001)
-    emitter.emit(n(0), urgent=True)
-    hub.until(lambda: len(hub.batches) == 1)
+    emitter = held(hub, make(interval=0.001))
     emitter.emit(n(1))
     with pytest.raises(TimeoutError):
         emitter.flush(timeout=0.05)
@@ -279,10 +279,7 @@ def test_many_threads_emit_without_loss_and_keep_their_own_order(hub, make):
 
 
 def test_a_batch_never_exceeds_max_batch(hub, make):
-    hub.gate = threading.Event()
-    emitter = make(interval=0.001, max_batch=10)
-    emitter.emit(n(0), urgent=True)
-    hub.until(lambda: len(hub.batches) == 1)
+    emitter = held(hub, make(interval=0.001, max_batch=10))
     for i in range(1, 95):
         emitter.emit(n(i))
     hub.gate.set()
@@ -294,10 +291,7 @@ def test_a_batch_never_exceeds_max_batch(hub, make):
 def test_wait_for_room_blocks_while_the_buffer_is_full_and_goes_on_once_the_hub_takes_events(
     hub, make
 ):
-    hub.gate = threading.Event()
-    emitter = make(interval=0.001, max_batch=2, max_buffer=4)
-    emitter.emit(n(0), urgent=True)
-    hub.until(lambda: len(hub.batches) == 1)  # the flusher is held inside send
+    emitter = held(hub, make(interval=0.001, max_batch=2, max_buffer=4))
     for i in range(1, 5):
         emitter.emit(n(i))  # fills the buffer
     blocked = threading.Event()

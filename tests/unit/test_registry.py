@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 
@@ -273,12 +274,18 @@ async def test_different_keys_run_separately():
     assert action.runs == 3
 
 
-async def test_a_repeat_while_the_first_runs_waits_for_its_outcome():
+async def first_run_held() -> tuple[IdempotencyCache, Counting, asyncio.Future[Any]]:
+    """A cache whose first run of ("c", "1") has started and waits on ``action.gate``."""
     cache = IdempotencyCache()
     action = Counting("done")
     action.gate.clear()
     first = asyncio.ensure_future(cache.run(("c", "1"), action))
     await asyncio.wait_for(action.started.wait(), 5)
+    return cache, action, first
+
+
+async def test_a_repeat_while_the_first_runs_waits_for_its_outcome():
+    cache, action, first = await first_run_held()
     second = asyncio.ensure_future(cache.run(("c", "1"), action))
     action.gate.set()
     assert await asyncio.wait_for(asyncio.gather(first, second), 5) == ["done", "done"]
@@ -306,11 +313,7 @@ async def test_the_cache_is_bounded_oldest_first():
 
 
 async def test_a_cancelled_caller_does_not_cancel_the_command_so_a_retry_gets_its_outcome():
-    cache = IdempotencyCache()
-    action = Counting("done")
-    action.gate.clear()
-    first = asyncio.ensure_future(cache.run(("c", "1"), action))
-    await asyncio.wait_for(action.started.wait(), 5)
+    cache, action, first = await first_run_held()
     first.cancel()
     with pytest.raises(asyncio.CancelledError):
         await first
@@ -321,11 +324,7 @@ async def test_a_cancelled_caller_does_not_cancel_the_command_so_a_retry_gets_it
 
 
 async def test_a_repeat_in_flight_is_answered_even_if_the_first_caller_is_cancelled():
-    cache = IdempotencyCache()
-    action = Counting("done")
-    action.gate.clear()
-    first = asyncio.ensure_future(cache.run(("c", "1"), action))
-    await asyncio.wait_for(action.started.wait(), 5)
+    cache, action, first = await first_run_held()
     second = asyncio.ensure_future(cache.run(("c", "1"), action))
     await asyncio.sleep(0)  # let the repeat find the first one's entry
     first.cancel()
