@@ -314,7 +314,7 @@ class Controller:
         wanted = ReaderFilter(
             prefixes=(JOB_CHANNEL_PREFIX,),
             broadcasts=False,
-            client_targets=False,
+            clients=frozenset(),
             latest_progress=True,
         )
         epoch: str | None = None

@@ -66,7 +66,8 @@ class ReaderFilter(NamedTuple):
 
     ``channels`` are subscription channels (``job:<id>``, ``jobs``, ``system``, ``*``) with
     their usual meaning; ``prefixes`` take every channel that starts with one of them;
-    ``broadcasts`` and ``client_targets`` take entries sent to all sockets and to one.
+    ``broadcasts`` takes entries sent to every socket, ``clients`` those sent to one of these
+    client ids (``None``: to any client, as a gateway replica wants).
     ``latest_progress`` keeps, of the ``job.progress`` entries of one channel in one read,
     only the last: a reader that keeps state (the controller) needs no more.
     """
@@ -74,7 +75,7 @@ class ReaderFilter(NamedTuple):
     channels: frozenset[str] = frozenset()
     prefixes: tuple[str, ...] = ()
     broadcasts: bool = True
-    client_targets: bool = True
+    clients: frozenset[str] | None = None
     latest_progress: bool = False
 
 
@@ -88,7 +89,7 @@ def taker(wanted: ReaderFilter) -> Taker:
     jobs = JOBS_CHANNEL in channels
     prefixes = wanted.prefixes
     broadcasts = wanted.broadcasts
-    client_targets = wanted.client_targets
+    clients = wanted.clients
 
     def take(channel: str, event_type: str, target: str) -> bool:
         if not target:
@@ -100,24 +101,11 @@ def taker(wanted: ReaderFilter) -> Taker:
             )
         if target == TARGET_ALL:
             return broadcasts
-        return client_targets and target.startswith(CLIENT_TARGET_PREFIX)
+        if not target.startswith(CLIENT_TARGET_PREFIX):
+            return False
+        return clients is None or target[len(CLIENT_TARGET_PREFIX) :] in clients
 
     return take
-
-
-def select(entries: list[LogEntry], wanted: ReaderFilter) -> list[LogEntry]:
-    """The entries ``wanted`` takes, in order."""
-    take = taker(wanted)
-    out = [e for e in entries if take(e.channel, e.type, e.target)]
-    if wanted.latest_progress:
-        out = latest_progress_only(out)
-    return out
-
-
-def latest_progress_only(entries: list[LogEntry]) -> list[LogEntry]:
-    """Drop each ``job.progress`` entry that a later one on its channel supersedes."""
-    last = {e.channel: e.seq for e in entries if e.type == PROGRESS}
-    return [e for e in entries if e.type != PROGRESS or last[e.channel] == e.seq]
 
 
 SCAN_LIMIT = 65_536  # entries a filtered listen looks at, at most, per return
@@ -327,11 +315,18 @@ class EventLog:
         """Entries in ``(after_seq, upto]`` that ``wanted`` takes (a reader whose filter
         changed while its listen was out reads that range again with this)."""
         first, after_seq, reset = self._check_cursor(epoch, after_seq)
-        indexes = self._index_range(after_seq, upto - after_seq)
-        taken, last = self._taken(indexes, wanted, len(indexes))
-        cursor = self._first_seq + last if indexes else after_seq
-        entries = [self._entry(i) for i in taken]
+        entries = self.read_taken(after_seq, wanted, upto - after_seq)
+        cursor = max(after_seq, min(upto, self._head))
         return ListenResult(self.epoch, entries, self._head, first, reset, cursor)
+
+    def read_taken(
+        self, after_seq: int, wanted: ReaderFilter, limit: int | None = None
+    ) -> list[LogEntry]:
+        """What ``wanted`` takes of the retained entries after ``after_seq`` (of at most
+        ``limit`` looked at); only those are made into entries."""
+        indexes = self._index_range(after_seq, limit)
+        taken, _ = self._taken(indexes, wanted, len(indexes))
+        return [self._entry(i) for i in taken]
 
     async def _listen_filtered(
         self, epoch: str | None, after_seq: int, timeout: float, limit: int, reader: str

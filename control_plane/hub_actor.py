@@ -17,14 +17,11 @@ import ray
 
 from control_plane import runtime
 from control_plane.hub import (
-    TARGET_ALL,
     TARGET_CHANNEL,
     Encoded,
     EventLog,
     ListenResult,
     ReaderFilter,
-    client_target,
-    select,
 )
 from control_plane.ordering import BatchOrder
 
@@ -110,13 +107,8 @@ class EventHub:
         if other_epoch:
             after_seq = 0
         recovered = self._log.covers(after_seq) and not other_epoch
-        mine = client_target(client_id) if client_id else None
-        wanted = ReaderFilter(frozenset(channels), client_targets=mine is not None)
-        entries = [
-            e
-            for e in select(self._log.read(after_seq), wanted)
-            if e.target in (TARGET_CHANNEL, TARGET_ALL) or e.target == mine
-        ]
+        mine = frozenset((client_id,) if client_id else ())
+        entries = self._log.read_taken(after_seq, ReaderFilter(frozenset(channels), clients=mine))
         return {
             "epoch": self._log.epoch,
             "entries": entries,

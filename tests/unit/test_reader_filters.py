@@ -13,8 +13,6 @@ from control_plane.hub import (
     EventLog,
     ReaderFilter,
     client_target,
-    latest_progress_only,
-    select,
 )
 from control_plane.protocol import make_event
 
@@ -55,19 +53,22 @@ def seqs(entries: list) -> list[int]:
         (wants("system"), [4, 5, 6]),
         (wants("*"), [1, 2, 3, 4, 5, 6, 7]),
         (wants(), [5, 6]),
-        (wants("job:b", broadcasts=False, client_targets=False), [3, 7]),
-        (ReaderFilter(prefixes=("job:",), broadcasts=False, client_targets=False), [1, 2, 3, 7]),
+        (wants(clients=frozenset({"c1"})), [5, 6]),
+        (wants(clients=frozenset({"c2"})), [5]),
+        (wants("job:b", broadcasts=False, clients=frozenset()), [3, 7]),
+        (ReaderFilter(prefixes=("job:",), broadcasts=False, clients=frozenset()), [1, 2, 3, 7]),
     ],
 )
-def test_select_takes_what_a_subscription_would_receive(wanted, expected):
+def test_a_filter_takes_what_a_subscription_would_receive(wanted, expected):
     log = mixed_log()
-    assert seqs(select(log.read(0), wanted)) == expected
+    assert seqs(log.read_taken(0, wanted)) == expected
 
 
 def test_latest_progress_keeps_each_channels_last_progress_and_every_other_event():
     log = EventLog(100)
     log.append([ev("a", i=1), ev("b", i=1), ev("a", "job.paused"), ev("a", i=2), ev("b", i=2)])
-    assert seqs(latest_progress_only(log.read(0))) == [3, 4, 5]
+    latest = ReaderFilter(prefixes=("job:",), latest_progress=True)
+    assert seqs(log.read_taken(0, latest)) == [3, 4, 5]
 
 
 # --- filtered listen -----------------------------------------------------------------------
@@ -83,7 +84,7 @@ async def test_an_unknown_reader_is_told_so_and_its_cursor_stays():
 
 async def test_a_filtered_listen_returns_what_the_filter_takes_and_moves_past_the_rest():
     log = mixed_log()
-    log.set_filter("r", wants("job:b", broadcasts=False, client_targets=False), 1)
+    log.set_filter("r", wants("job:b", broadcasts=False, clients=frozenset()), 1)
     result = await log.listen("e", 0, timeout=1.0, reader="r")
     assert seqs(result.entries) == [3, 7]
     assert result.cursor == 7
@@ -187,7 +188,7 @@ async def test_a_filtered_reader_of_another_epoch_is_reset():
 async def test_a_controller_filter_gets_each_jobs_last_progress_of_a_burst():
     log = EventLog(1000, epoch="e")
     controller = ReaderFilter(
-        prefixes=("job:",), broadcasts=False, client_targets=False, latest_progress=True
+        prefixes=("job:",), broadcasts=False, clients=frozenset(), latest_progress=True
     )
     log.set_filter("c", controller, 1)
     log.append([ev("a", "job.started"), *(ev("a", i=i) for i in range(100)), system_event()])
