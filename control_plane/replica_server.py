@@ -83,10 +83,6 @@ class ReplicaServer:
             self._server.serve(sockets=[self._socket])
         )
 
-    @property
-    def alive(self) -> bool:
-        return self._task is not None and not self._task.done()
-
     def failure(self) -> str | None:
         """Why the server stopped, or None while it runs."""
         if self._task is None:

@@ -166,7 +166,8 @@ class WebSocketManager:
         """Forget a socket and close it (if it is still open)."""
         conn = self.connections.pop(client_id, None)
         self.index.remove_client(client_id)
-        self._channels_changed(wait=False)
+        if self._channels_changed():
+            self._tell_hub_soon()
         if conn is None:
             return
         conn.closing = True
@@ -245,23 +246,23 @@ class WebSocketManager:
     def _wanted(self) -> ReaderFilter:
         return ReaderFilter(self._filter_channels)
 
-    def _channels_changed(self, wait: bool = True) -> Awaitable[None] | None:
-        """Tell the hub when the channels this replica's sockets want have changed."""
+    def _channels_changed(self) -> bool:
+        """Whether the channels this replica's sockets want changed (then a new filter
+        version is due at the hub)."""
         channels = frozenset(self.index.channels())
         if channels == self._filter_channels:
-            return None
+            return False
         self._filter_channels = channels
         self._filter_version += 1
-        if self._listener is None:
-            return None  # the listener tells the hub when it starts
-        push = self._push_filter()
-        if wait:
-            return push
-        task = asyncio.get_running_loop().create_task(push)
+        return True
+
+    def _tell_hub_soon(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._push_filter())
         task.add_done_callback(_log_failure)
-        return None
 
     async def _push_filter(self) -> None:
+        if self._listener is None:
+            return  # the listener tells the hub when it starts
         await self._hub_handle().set_filter.remote(
             self.reader_id, self._wanted(), self._filter_version
         )
@@ -439,7 +440,8 @@ class WebSocketManager:
                 await self.subscribe(conn, msg)
             elif isinstance(msg, Unsubscribe):
                 self.index.unsubscribe(conn.client_id, msg.channels)
-                self._channels_changed(wait=False)
+                if self._channels_changed():
+                    self._tell_hub_soon()
                 self.send_local(
                     conn, ack(msg.id, channels=sorted(self.index.channels_of(conn.client_id)))
                 )
@@ -478,9 +480,8 @@ class WebSocketManager:
         try:
             self.index.subscribe(conn.client_id, msg.channels)
             live_from = self.cursor  # what is newer reaches the socket live
-            pushed = self._channels_changed()
-            if pushed is not None:
-                await pushed
+            if self._channels_changed():
+                await self._push_filter()
             await self._send_snapshots(conn, msg.channels)
             channels = sorted(self.index.channels_of(conn.client_id))
             if msg.since is None:
