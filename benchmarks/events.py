@@ -34,7 +34,7 @@ from benchmarks.harness import (
     submit_started,
     wait_until,
 )
-from control_plane import runtime
+from control_plane.actors import runtime
 
 LOAD_JOBS = 4
 INGEST_BATCH = 1000  # the emitter's max_batch: what one hub call carries when a job is flat out

@@ -7,7 +7,7 @@
     ray.get(job.result)
 
 The public names load on first use, so that ``jobs`` and the Ray-free cores can import
-``control_plane.protocol`` without pulling in Ray and Serve.
+``control_plane.core.protocol`` without pulling in Ray and Serve.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from control_plane.errors import (
+    from control_plane.core.errors import (
         ControlPlaneError,
         InvalidTransitionError,
         JobCancelledError,
@@ -30,12 +30,12 @@ if TYPE_CHECKING:
     from jobs.lifecycle import JobState, JobStatus
 
 _EXPORTS = {
-    "ControlPlaneError": "control_plane.errors",
-    "InvalidTransitionError": "control_plane.errors",
-    "JobCancelledError": "control_plane.errors",
-    "JobError": "control_plane.errors",
-    "JobFailedError": "control_plane.errors",
-    "JobNotFoundError": "control_plane.errors",
+    "ControlPlaneError": "control_plane.core.errors",
+    "InvalidTransitionError": "control_plane.core.errors",
+    "JobCancelledError": "control_plane.core.errors",
+    "JobError": "control_plane.core.errors",
+    "JobFailedError": "control_plane.core.errors",
+    "JobNotFoundError": "control_plane.core.errors",
     "JobHandle": "control_plane.handle",
     "get_job": "control_plane.handle",
     "list_jobs": "control_plane.handle",

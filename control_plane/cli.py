@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as e:
-        from control_plane.errors import ControlPlaneError
+        from control_plane.core.errors import ControlPlaneError
 
         if isinstance(e, ControlPlaneError):
             print(f"error: {e.message}", file=sys.stderr)
@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     import control_plane
-    from control_plane.system import SystemConfig
+    from control_plane.core.system import SystemConfig
 
     info = control_plane.start(
         host=args.host,
@@ -187,7 +187,7 @@ def _demo_rounds(rounds: int, every: float, stop: threading.Event) -> None:
 def _connect(address: str | None) -> None:
     import ray
 
-    from control_plane import runtime
+    from control_plane.actors import runtime
 
     if not ray.is_initialized():
         target = address or os.environ.get("RAY_ADDRESS") or "auto"
@@ -241,7 +241,7 @@ async def _watch(args: argparse.Namespace) -> int:
     import websockets
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from control_plane import auth
+    from control_plane.gateway import auth
 
     token = auth.resolve_token(args.token)
     headers = {"Authorization": f"Bearer {token}"}

@@ -9,7 +9,7 @@ from typing import Any
 import ray
 from ray.actor import ActorHandle
 
-from control_plane import runtime
+from control_plane.actors import runtime
 from jobs.actor import JobOptions
 from jobs.lifecycle import JobStatus
 

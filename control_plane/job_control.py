@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from control_plane import runtime
+from control_plane.actors import runtime
 from jobs.lifecycle import JobStatus
 
 

@@ -18,13 +18,14 @@ from typing import Any
 import ray
 from ray import serve
 
-from control_plane import auth, runtime
-from control_plane.controller_actor import ensure_controller
-from control_plane.gateway import GatewayConfig, build_app
-from control_plane.hub_actor import DEFAULT_HISTORY, ensure_hub
-from control_plane.replica_server import check_free
-from control_plane.system import SystemConfig
-from control_plane.websocket import SocketConfig
+from control_plane.actors import runtime
+from control_plane.actors.controller import ensure_controller
+from control_plane.actors.hub import DEFAULT_HISTORY, ensure_hub
+from control_plane.core.system import SystemConfig
+from control_plane.gateway import auth
+from control_plane.gateway.app import GatewayConfig, build_app
+from control_plane.gateway.manager import SocketConfig
+from control_plane.gateway.replica_server import check_free
 
 logger = logging.getLogger(__name__)
 

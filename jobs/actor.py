@@ -22,10 +22,10 @@ from typing import Any
 import ray
 from pydantic import BaseModel, Field
 
-from control_plane.emitter import EventEmitter, wait_refs
-from control_plane.encoding import Encoded
-from control_plane.errors import JobCancelledError, JobFailedError
-from control_plane.hub import TARGET_CHANNEL
+from control_plane.core.emitter import EventEmitter, wait_refs
+from control_plane.core.encoding import Encoded
+from control_plane.core.errors import JobCancelledError, JobFailedError
+from control_plane.core.hub_log import TARGET_CHANNEL
 from jobs.context import (
     CancelRequested,
     JobContext,

@@ -16,14 +16,14 @@ from collections.abc import Awaitable, Callable, Generator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from control_plane.encoding import Encoded, ProgressEncoder, encode_event
-from control_plane.protocol import make_event, utc_now_iso
+from control_plane.core.encoding import Encoded, ProgressEncoder, encode_event
+from control_plane.core.protocol import make_event, utc_now_iso
 from jobs.lifecycle import JobState, JobStatus, Trigger, next_state
 
 if TYPE_CHECKING:
     from ray import ObjectRef
 
-# Takes each event encoded (``control_plane.encoding``) and whether it is urgent.
+# Takes each event encoded (``control_plane.core.encoding``) and whether it is urgent.
 Emit = Callable[[Encoded, bool], None]
 
 OUTPUT_PREVIEW_CHARS = 2000

@@ -19,7 +19,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel
 
-from control_plane.errors import InvalidTransitionError
+from control_plane.core.errors import InvalidTransitionError
 
 
 class JobState(StrEnum):

@@ -40,8 +40,8 @@ def ray_session() -> Iterator[None]:
 def plane(ray_session: None) -> object:
     """The running control plane: ``plane.ws_url``, ``plane.token``, ``plane.base_url``."""
     import control_plane
-    from control_plane.system import SystemConfig
-    from control_plane.websocket import SocketConfig
+    from control_plane.core.system import SystemConfig
+    from control_plane.gateway.manager import SocketConfig
 
     return control_plane.start(
         port=free_port(),

@@ -130,7 +130,7 @@ def _healthz(base_url: str) -> dict[str, Any]:
 async def check_placement_and_health(
     info: Any, sock: Any, head_id: str, worker_id: str, worker_first: bool
 ) -> None:
-    from control_plane import runtime
+    from control_plane.actors import runtime
 
     if not worker_first:
         alert = await sock.wait_for(
@@ -220,7 +220,7 @@ async def check_job_on_worker(sock: Any, worker_id: str, head_id: str) -> None:
 
 async def check_worker_loss(cluster: Any, worker: Any, info: Any, sock: Any) -> None:
     import control_plane
-    from control_plane.errors import JobFailedError
+    from control_plane.core.errors import JobFailedError
     from jobs.actor import JobOptions
 
     worker_id: str = worker.node_id
@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     from ray.cluster_utils import Cluster
 
     import control_plane
-    from control_plane.system import SystemConfig
+    from control_plane.core.system import SystemConfig
 
     began = time.monotonic()
     signal.signal(signal.SIGALRM, _on_alarm)

@@ -23,7 +23,7 @@ from control_plane.client import (
     TransitionRejected,
     Unauthorized,
 )
-from control_plane.errors import AuthError, InvalidTransitionError, JobNotFoundError
+from control_plane.core.errors import AuthError, InvalidTransitionError, JobNotFoundError
 from tests.conftest import TOKEN, free_port
 from tests.integration.wsclient import TestSocket
 

@@ -14,7 +14,7 @@ import ray
 import websockets
 
 import control_plane
-import control_plane.websocket
+import control_plane.gateway.manager
 from tests.conftest import HISTORY, TOKEN
 from tests.integration.wsclient import TestSocket
 

@@ -16,7 +16,7 @@ import ray
 from ray.exceptions import RayActorError
 
 import control_plane
-from control_plane.errors import InvalidTransitionError, JobCancelledError, JobFailedError
+from control_plane.core.errors import InvalidTransitionError, JobCancelledError, JobFailedError
 from control_plane.job_control import JobController
 from tests.conftest import TOKEN
 from tests.integration.wsclient import TestSocket

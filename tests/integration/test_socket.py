@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 import control_plane
-from control_plane.websocket import WebSocketManager, get_ws_manager
+from control_plane.gateway.manager import WebSocketManager, get_ws_manager
 from tests.conftest import TOKEN
 from tests.integration.wsclient import TestSocket
 

@@ -9,7 +9,7 @@ import pytest
 import ray
 
 import control_plane
-from control_plane import runtime
+from control_plane.actors import runtime
 
 pytestmark = pytest.mark.ray
 

@@ -6,8 +6,9 @@ import stat
 
 import pytest
 
-from control_plane import auth
-from control_plane.auth import (
+from control_plane.core.errors import AuthError
+from control_plane.gateway import auth
+from control_plane.gateway.auth import (
     COOKIE_NAME,
     TOKEN_ENV,
     authenticate,
@@ -16,7 +17,6 @@ from control_plane.auth import (
     check_origin,
     resolve_token,
 )
-from control_plane.errors import AuthError
 
 TOKEN = "s3cret-token"
 

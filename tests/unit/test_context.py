@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from control_plane.emitter import EventEmitter
-from control_plane.encoding import Encoded, encode_event
-from control_plane.errors import InvalidTransitionError
-from control_plane.protocol import JOB_EVENT_TYPES, normalize_event
+from control_plane.core.emitter import EventEmitter
+from control_plane.core.encoding import Encoded, encode_event
+from control_plane.core.errors import InvalidTransitionError
+from control_plane.core.protocol import JOB_EVENT_TYPES, normalize_event
 from jobs.context import (
     OUTPUT_PREVIEW_CHARS,
     CancelRequested,

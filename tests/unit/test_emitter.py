@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from control_plane.emitter import EventEmitter
+from control_plane.core.emitter import EventEmitter
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -216,7 +216,7 @@ def test_wait_for_room_returns_at_once_while_there_is_room(hub, make):
 
 
 def test_a_failing_send_drops_that_batch_and_keeps_going(hub, make, caplog):
-    caplog.set_level(logging.ERROR, logger="control_plane.emitter")
+    caplog.set_level(logging.ERROR, logger="control_plane.core.emitter")
     emitter = make(interval=60.0)
     hub.fail_next = True
     emitter.emit(n(0), urgent=True)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from control_plane.encoding import Encoded, ProgressEncoder, encode_event
+from control_plane.core.encoding import Encoded, ProgressEncoder, encode_event
 
 TIMESTAMP = "2026-01-15T10:30:00.123Z"
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from control_plane.hub import TARGET_ALL, TARGET_CHANNEL, EventLog, client_target
-from control_plane.protocol import Event, make_event, normalize_event
+from control_plane.core.hub_log import TARGET_ALL, TARGET_CHANNEL, EventLog, client_target
+from control_plane.core.protocol import Event, make_event, normalize_event
 
 
 def ev(i: int = 0, job_id: str = "j1", event_type: str = "job.progress") -> dict:

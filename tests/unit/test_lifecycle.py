@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from control_plane.errors import InvalidTransitionError
+from control_plane.core.errors import InvalidTransitionError
 from jobs.lifecycle import (
     ACTIVE_STATES,
     TERMINAL_STATES,

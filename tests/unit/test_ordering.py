@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from control_plane.ordering import BatchOrder
+from control_plane.core.ordering import BatchOrder
 
 
 def test_batches_in_order_pass_at_once():

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from control_plane.protocol import (
+from control_plane.core.protocol import (
     BadFrame,
     Event,
     JobCommand,

@@ -6,15 +6,15 @@ import asyncio
 
 import pytest
 
-from control_plane import hub as hub_module
-from control_plane.hub import (
+from control_plane.core import hub_log as hub_module
+from control_plane.core.hub_log import (
     TARGET_ALL,
     UNKNOWN_READER,
     EventLog,
     ReaderFilter,
     client_target,
 )
-from control_plane.protocol import make_event
+from control_plane.core.protocol import make_event
 
 
 def ev(job_id: str, event_type: str = "job.progress", i: int = 0) -> dict:

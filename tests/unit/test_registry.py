@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from control_plane.controller import RECENT_OUTPUTS, IdempotencyCache, JobRecord, JobRegistry
-from control_plane.hub import EventLog
-from control_plane.protocol import make_event
+from control_plane.core.hub_log import EventLog
+from control_plane.core.protocol import make_event
+from control_plane.core.registry import RECENT_OUTPUTS, IdempotencyCache, JobRecord, JobRegistry
 from jobs.lifecycle import JobState
 
 

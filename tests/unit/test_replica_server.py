@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from control_plane.replica_server import bind, check_free
+from control_plane.gateway.replica_server import bind, check_free
 
 
 def taken_port() -> tuple[socket.socket, int]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from control_plane.hub import TARGET_ALL, TARGET_CHANNEL, LogEntry, client_target
-from control_plane.protocol import LIFECYCLE_TYPES
-from control_plane.routing import SubscriptionIndex, matches
+from control_plane.core.hub_log import TARGET_ALL, TARGET_CHANNEL, LogEntry, client_target
+from control_plane.core.protocol import LIFECYCLE_TYPES
+from control_plane.core.routing import SubscriptionIndex, matches
 
 LIFECYCLE = sorted(LIFECYCLE_TYPES)
 AGENT = ["agent.started", "agent.output", "agent.completed", "agent.failed"]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from control_plane.controller import JobRecord, JobRegistry
-from control_plane.protocol import make_event, normalize_event
-from control_plane.system import AlertRules, SystemConfig
+from control_plane.core.protocol import make_event, normalize_event
+from control_plane.core.registry import JobRecord, JobRegistry
+from control_plane.core.system import AlertRules, SystemConfig
 
 
 def rules(**config) -> AlertRules:

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from control_plane import protocol
-from control_plane.protocol import utc_now_iso
+from control_plane.core import protocol
+from control_plane.core.protocol import utc_now_iso
 
 ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -14,7 +14,7 @@ import re
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
-from control_plane.protocol import channel_for
+from control_plane.core.protocol import channel_for
 
 Encoded = tuple[str, str, str, str]
 

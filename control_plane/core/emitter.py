@@ -12,7 +12,7 @@ urgent: an event after a quiet spell goes at once, and a job that emits flat out
 one batch an interval (or one a publish, when publishes are slower).
 
 The emitter does not look inside what it buffers: a job buffers events it encoded itself
-(``control_plane.encoding``), so neither its flusher nor the hub encodes them again.
+(``control_plane.core.encoding``), so neither its flusher nor the hub encodes them again.
 
 The transport is two callables, so the emitter is tested without Ray: ``send(batch)``
 starts a publish and returns a handle, ``wait(handles, timeout)`` blocks until they are done.

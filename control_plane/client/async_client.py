@@ -16,7 +16,7 @@ reconnected. When the server cannot recover (``recovered: false``) the stream ca
 4401/4403 (auth, origin) or 1009 (a frame over the limit).
 :class:`SyncControlPlaneClient` offers the same with blocking calls. No Ray here.
 
-Errors (beside control_plane.errors)::
+Errors (beside control_plane.core.errors)::
 
     ControlPlaneError
     ├── CommandRejected          an ``error`` reply: ``code``, ``message``, ``request_id``
@@ -50,15 +50,15 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from control_plane.auth import resolve_token
-from control_plane.errors import (
+from control_plane.core.errors import (
     AuthError,
     ControlPlaneError,
     InvalidTransitionError,
     JobNotFoundError,
 )
-from control_plane.protocol import utc_now_iso
-from control_plane.routing import matches
+from control_plane.core.protocol import utc_now_iso
+from control_plane.core.routing import matches
+from control_plane.gateway.auth import resolve_token
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from control_plane.errors import AuthError
+from control_plane.core.errors import AuthError
 
 TOKEN_ENV = "CONTROL_PLANE_TOKEN"
 COOKIE_NAME = "cp_token"

@@ -20,19 +20,19 @@ import ray
 from ray.actor import ActorHandle
 from ray.exceptions import GetTimeoutError, RayActorError
 
-from control_plane import runtime
-from control_plane.controller import IdempotencyCache, JobRecord, JobRegistry
-from control_plane.emitter import EventEmitter, wait_refs
-from control_plane.encoding import encode_event
-from control_plane.errors import (
+from control_plane.actors import runtime
+from control_plane.core.emitter import EventEmitter, wait_refs
+from control_plane.core.encoding import encode_event
+from control_plane.core.errors import (
     InvalidTransitionError,
     JobCancelledError,
     JobFailedError,
     JobNotFoundError,
 )
-from control_plane.hub import UNKNOWN_READER, ReaderFilter
-from control_plane.protocol import JOB_CHANNEL_PREFIX, SYSTEM_CHANNEL, make_event, utc_now_iso
-from control_plane.system import AlertRules, SystemConfig, collect_cluster_metrics
+from control_plane.core.hub_log import UNKNOWN_READER, ReaderFilter
+from control_plane.core.protocol import JOB_CHANNEL_PREFIX, SYSTEM_CHANNEL, make_event, utc_now_iso
+from control_plane.core.registry import IdempotencyCache, JobRecord, JobRegistry
+from control_plane.core.system import AlertRules, SystemConfig, collect_cluster_metrics
 from jobs.actor import JobActorRemote, JobOptions, target_name
 from jobs.lifecycle import JobState, JobStatus
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
-from control_plane.hub import CLIENT_TARGET_PREFIX, TARGET_ALL, LogEntry
-from control_plane.protocol import ALL_CHANNELS, JOBS_CHANNEL, LIFECYCLE_TYPES
+from control_plane.core.hub_log import CLIENT_TARGET_PREFIX, TARGET_ALL, LogEntry
+from control_plane.core.protocol import ALL_CHANNELS, JOBS_CHANNEL, LIFECYCLE_TYPES
 
 
 def matches(channels: Iterable[str], channel: str, event_type: str) -> bool:

@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable
 from itertools import repeat
 from typing import Any, NamedTuple
 
-from control_plane.encoding import PROGRESS, Encoded, encode_event
-from control_plane.protocol import ALL_CHANNELS, JOBS_CHANNEL, LIFECYCLE_TYPES
+from control_plane.core.encoding import PROGRESS, Encoded, encode_event
+from control_plane.core.protocol import ALL_CHANNELS, JOBS_CHANNEL, LIFECYCLE_TYPES
 
 # Where an entry goes. Most events are routed by channel; broadcast reaches every socket;
 # ``client:<id>`` reaches one socket (the seed's send_to_client).

@@ -15,15 +15,15 @@ from typing import Any
 
 import ray
 
-from control_plane import runtime
-from control_plane.hub import (
+from control_plane.actors import runtime
+from control_plane.core.hub_log import (
     TARGET_CHANNEL,
     Encoded,
     EventLog,
     ListenResult,
     ReaderFilter,
 )
-from control_plane.ordering import BatchOrder
+from control_plane.core.ordering import BatchOrder
 
 DEFAULT_HISTORY = 100_000
 

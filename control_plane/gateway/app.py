@@ -13,11 +13,12 @@ from fastapi import FastAPI, HTTPException, Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from ray import serve
 
-from control_plane import auth, runtime
-from control_plane.errors import AuthError, CommandError, ControlPlaneError
-from control_plane.protocol import JobCommand, encode, error_reply
-from control_plane.replica_server import ReplicaServer
-from control_plane.websocket import CLOSE_RESTARTING, SocketConfig, get_ws_manager
+from control_plane.actors import runtime
+from control_plane.core.errors import AuthError, CommandError, ControlPlaneError
+from control_plane.core.protocol import JobCommand, encode, error_reply
+from control_plane.gateway import auth
+from control_plane.gateway.manager import CLOSE_RESTARTING, SocketConfig, get_ws_manager
+from control_plane.gateway.replica_server import ReplicaServer
 
 logger = logging.getLogger(__name__)
 
@@ -135,14 +136,14 @@ class Gateway:
                 "(it carries the token).</p>",
                 status_code=401,
             )
-        page = resources.files("control_plane").joinpath("static/index.html").read_text()
+        page = resources.files("control_plane").joinpath("gateway/static/index.html").read_text()
         return HTMLResponse(page)
 
     @app.get("/static/{name}")
     async def static(self, name: str) -> Response:
         if name not in ("cp-client.js", "dashboard.js", "dashboard.css"):
             raise HTTPException(404)
-        path = resources.files("control_plane").joinpath(f"static/{name}")
+        path = resources.files("control_plane").joinpath(f"gateway/static/{name}")
         if not path.is_file():
             raise HTTPException(404)
         media = "text/javascript" if name.endswith(".js") else "text/css"

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from control_plane.controller import JobRegistry
+from control_plane.core.registry import JobRegistry
 
 
 @dataclass

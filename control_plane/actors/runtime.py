@@ -14,7 +14,7 @@ from typing import Any
 import ray
 from ray.actor import ActorHandle
 
-from control_plane.errors import HubUnavailableError
+from control_plane.core.errors import HubUnavailableError
 
 logger = logging.getLogger(__name__)
 
