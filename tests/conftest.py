@@ -12,6 +12,9 @@ import pytest
 TOKEN = "test-token-" + os.urandom(6).hex()
 HISTORY = 20_000  # small enough that a test can outrun it
 SEND_QUEUE = 1024
+HEARTBEAT_INTERVAL = 1.0  # seconds between the gateway's RFC 6455 pings
+HEARTBEAT_TIMEOUT = 5.0  # a socket whose pong does not come this long after a ping is closed
+MAX_LAG = 10.0  # a send blocked this long (the client reads nothing) closes it with 4008
 
 
 def free_port() -> int:
@@ -49,9 +52,9 @@ def plane(ray_session: None) -> object:
         history=HISTORY,
         system=SystemConfig(metrics_interval=0.5, stall_after=3.0),
         socket=SocketConfig(
-            heartbeat_interval=1.0,
-            heartbeat_timeout=10.0,
-            max_lag=10.0,
+            heartbeat_interval=HEARTBEAT_INTERVAL,
+            heartbeat_timeout=HEARTBEAT_TIMEOUT,
+            max_lag=MAX_LAG,
             subscribe_deadline=15.0,
             send_queue_size=SEND_QUEUE,
         ),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from enum import IntEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -105,6 +106,30 @@ def is_valid_channel(channel: str) -> bool:
     return channel.startswith(JOB_CHANNEL_PREFIX) and bool(
         _JOB_ID_RE.match(channel[len(JOB_CHANNEL_PREFIX) :])
     )
+
+
+# --- close codes ---------------------------------------------------------------------------
+
+
+class CloseCode(IntEnum):
+    """Why the server closed a socket; the one table the gateway and both clients use."""
+
+    NORMAL = 1000  # closed on purpose (a socket replaced by a newer one with its client id)
+    TOO_BIG = 1009  # a frame over the limit: do not send it again
+    SERVER_ERROR = 1011  # a server error, or no answer to RFC 6455 pings in time
+    RESTARTING = 1012  # the gateway replica is restarting, or lost the hub's history
+    NO_SUBSCRIBE = 4001  # no subscribe before the deadline
+    SLOW_CONSUMER = 4008  # the client did not read: its send queue overflowed
+    UNAUTHORIZED = 4401  # missing, wrong or expired token
+    FORBIDDEN_ORIGIN = 4403  # a browser page from another origin
+
+    @property
+    def retry(self) -> bool:
+        """Whether a client should reconnect (and resume with ``since``) after this close."""
+        return self not in _NO_RETRY
+
+
+_NO_RETRY = frozenset({CloseCode.TOO_BIG, CloseCode.UNAUTHORIZED, CloseCode.FORBIDDEN_ORIGIN})
 
 
 # --- event data models ---------------------------------------------------------------------

@@ -5,6 +5,7 @@ supervises and restarts it.
 """
 
 import logging
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -115,7 +116,7 @@ class Gateway:
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
-        return {"status": "ok", **self._manager.stats()}
+        return {"status": "ok", "pid": os.getpid(), **self._manager.stats()}
 
     @app.get("/", response_model=None)
     async def index(self, request: Request) -> Response:
