@@ -241,11 +241,11 @@ async def _watch(args: argparse.Namespace) -> int:
     import websockets
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from control_plane.core.protocol import TERMINAL_EVENT_TYPES
     from control_plane.gateway import auth
 
     token = auth.resolve_token(args.token)
     headers = {"Authorization": f"Bearer {token}"}
-    terminal = {"job.completed", "job.failed", "job.cancelled"}
     with Progress(
         TextColumn("[bold]{task.fields[job]}"),
         BarColumn(),
@@ -262,9 +262,6 @@ async def _watch(args: argparse.Namespace) -> int:
             async for raw in ws:
                 msg = json.loads(raw)
                 kind, data = msg.get("type", ""), msg.get("data", {})
-                if kind == "ping":
-                    await ws.send(json.dumps({"type": "pong"}))
-                    continue
                 if kind == "error":
                     progress.stop()
                     print(f"error: {data.get('message')}", file=sys.stderr)
@@ -280,7 +277,7 @@ async def _watch(args: argparse.Namespace) -> int:
                     progress.update(bar, state=data["status"])
                 if kind == "job.completed":
                     progress.update(bar, completed=100)
-                if kind in terminal:
+                if kind in TERMINAL_EVENT_TYPES:
                     progress.stop()
                     outcome = data.get("result") if kind == "job.completed" else data.get("error")
                     print(f"{kind.split('.')[1]}: {json.dumps(outcome, default=str)}")

@@ -57,5 +57,6 @@ def plane(ray_session: None) -> object:
             max_lag=MAX_LAG,
             subscribe_deadline=15.0,
             send_queue_size=SEND_QUEUE,
+            close_timeout=30.0,  # a slow test client reads its backlog before the close frame
         ),
     )

@@ -21,6 +21,7 @@ from ray.actor import ActorHandle
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from control_plane.actors import runtime
+from control_plane.actors.hub import RayHub
 from control_plane.core.emitter import EventEmitter, wait_refs
 from control_plane.core.encoding import encode_event
 from control_plane.core.errors import (
@@ -29,8 +30,15 @@ from control_plane.core.errors import (
     JobFailedError,
     JobNotFoundError,
 )
-from control_plane.core.hub_log import UNKNOWN_READER, ReaderFilter
-from control_plane.core.protocol import JOB_CHANNEL_PREFIX, SYSTEM_CHANNEL, make_event, utc_now_iso
+from control_plane.core.hub_log import LogEntry, ReaderFilter
+from control_plane.core.protocol import (
+    JOB_CHANNEL_PREFIX,
+    SYSTEM_CHANNEL,
+    make_event,
+    status_for,
+    utc_now_iso,
+)
+from control_plane.core.reader import HubReader, Reset
 from control_plane.core.registry import IdempotencyCache, JobRecord, JobRegistry
 from control_plane.core.system import AlertRules, SystemConfig, collect_cluster_metrics
 from jobs.actor import JobActorRemote, JobOptions, target_name
@@ -71,21 +79,43 @@ class Controller:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._idempotency = IdempotencyCache()
         self._done: dict[str, asyncio.Event] = {}
-        self._started = False
+        # The hub sends this reader job events only, and of a burst of progress each job's
+        # last one: the only one that changes what the registry keeps.
+        self._feed = HubReader(
+            RayHub(self._hub),
+            f"controller-{uuid.uuid4().hex[:8]}",
+            self._apply_entries,
+            self._resync_after,
+            wanted=ReaderFilter(
+                prefixes=(JOB_CHANNEL_PREFIX,),
+                broadcasts=False,
+                clients=frozenset(),
+                latest_progress=True,
+            ),
+            batch=10_000,
+        )
+        self._metrics: asyncio.Task[None] | None = None
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
 
-    async def ready(self) -> bool:
-        """Start the background loops (hub listener, metrics); idempotent."""
-        if not self._started:
-            self._started = True
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("controller task failed", exc_info=task.exception())
+
+    async def start(self) -> None:
+        """Start the hub feed and the metrics loop unless they run (a controller that Ray
+        restarted resumes them on its first call); return once the feed has its cursor, so
+        that no job submitted after this is missed."""
+        if self._self is None:
             self._self = ray.get_runtime_context().current_actor
-            self._spawn(self._follow_hub())
-            self._spawn(self._metrics_loop())
-        return True
+        self._feed.start()
+        if self._metrics is None or self._metrics.done():
+            self._metrics = asyncio.get_running_loop().create_task(self._metrics_loop())
+        await self._feed.ready()
 
     # --- submitting ----------------------------------------------------------------------
 
@@ -98,7 +128,7 @@ class Controller:
         owner: str | None = None,
         options: JobOptions | None = None,
     ) -> tuple[str, ActorHandle]:
-        await self.ready()
+        await self.start()
         options = options or JobOptions()
         job_id = uuid.uuid4().hex[:12]
         name = name or target_name(target)
@@ -133,7 +163,12 @@ class Controller:
         self._emitter.emit(
             make_event(
                 "job.created",
-                {"job_id": job_id, "status": "pending", "name": name, "owner": owner},
+                {
+                    "job_id": job_id,
+                    "status": status_for("job.created"),
+                    "name": name,
+                    "owner": owner,
+                },
             ),
             True,
         )
@@ -153,7 +188,8 @@ class Controller:
                 reason = death_reason(e)
                 self._emitter.emit(
                     make_event(
-                        "job.failed", {"job_id": job_id, "status": "failed", "error": reason}
+                        "job.failed",
+                        {"job_id": job_id, "status": status_for("job.failed"), "error": reason},
                     ),
                     True,
                 )
@@ -222,12 +258,12 @@ class Controller:
         return status
 
     async def get_status(self, job_id: str) -> JobStatus:
-        await self.ready()  # a restarted controller resumes its loops on first use
+        await self.start()  # a restarted controller resumes its loops on first use
         record = self._record(job_id)
         return await self._live_status(job_id) or record.status()
 
     async def list_jobs(self, states: list[str] | None = None) -> list[JobStatus]:
-        await self.ready()  # a restarted controller resumes its loops on first use
+        await self.start()  # a restarted controller resumes its loops on first use
         wanted = set(states or ())
         return [
             r.status() for r in self._registry.records() if not wanted or r.state.value in wanted
@@ -307,37 +343,20 @@ class Controller:
 
     # --- background loops ----------------------------------------------------------------
 
-    async def _follow_hub(self) -> None:
-        # The hub sends this reader job events only, and of a burst of progress each job's
-        # last one: the only one that changes what the registry keeps.
-        reader = f"controller-{uuid.uuid4().hex[:8]}"
-        wanted = ReaderFilter(
-            prefixes=(JOB_CHANNEL_PREFIX,),
-            broadcasts=False,
-            clients=frozenset(),
-            latest_progress=True,
-        )
-        epoch: str | None = None
-        cursor = 0
-        while True:
-            try:
-                result = await self._hub.listen.remote(epoch, cursor, 30.0, 10_000, reader)
-                if result.version == UNKNOWN_READER:
-                    await self._hub.set_filter.remote(reader, wanted, 1)
-                    continue
-            except RayActorError:
-                await asyncio.sleep(0.5)
-                continue
-            if result.reset and cursor:
-                # Events were lost to this reader (new hub epoch, or it fell behind the
-                # history): ask the live jobs themselves where they are.
-                logger.warning("controller lost hub events (cursor %d); resyncing jobs", cursor)
-                await self._resync()
-            for entry in result.entries:
-                if entry.type.startswith(("job.", "agent.")):
-                    self._registry.apply_frame(entry.frame)
-            epoch = result.epoch
-            cursor = result.cursor
+    def _apply_entries(self, entries: list[LogEntry]) -> None:
+        for entry in entries:
+            if entry.type.startswith(("job.", "agent.")):
+                self._registry.apply_frame(entry.frame)
+
+    async def _resync_after(self, reset: Reset) -> None:
+        # Events were lost to this reader (new hub epoch, or it fell behind the history):
+        # ask the live jobs themselves where they are.
+        logger.warning("controller lost hub events (%s); resyncing jobs", reset.why)
+        await self._resync()
+
+    async def feed_stats(self) -> dict[str, object]:
+        """The hub feed's cursor, errors and resets (tests and /healthz read it)."""
+        return self._feed.stats()
 
     def _forget_trimmed(self) -> None:
         """Drop results of jobs the registry no longer keeps (it keeps the newest finished)."""
@@ -399,5 +418,5 @@ def ensure_controller(config: SystemConfig | None = None) -> Any:
     handle = ControllerActor.options(**runtime.singleton_options(runtime.CONTROLLER_NAME)).remote(
         config
     )
-    ray.get(handle.ready.remote())
+    ray.get(handle.start.remote())
     return handle

@@ -33,6 +33,7 @@ class EventHub:
         self._log = EventLog(capacity)
         self._order: BatchOrder[tuple[list[Encoded], str]] = BatchOrder()
         self._sweeper: asyncio.Task[None] | None = None
+        self._faults: dict[str, tuple[int, str]] = {}
 
     async def publish(self, events: list[dict[str, Any]], target: str = TARGET_CHANNEL) -> int:
         """Append a batch of envelopes; return the seq of the last one."""
@@ -76,6 +77,8 @@ class EventHub:
         limit: int = 10_000,
         reader: str | None = None,
     ) -> ListenResult:
+        if self._faults:
+            self._inject_fault(reader)
         return await self._log.listen(epoch, after_seq, timeout, limit, reader)
 
     async def set_filter(self, reader: str, wanted: ReaderFilter, version: int) -> None:
@@ -96,26 +99,22 @@ class EventHub:
         epoch: str | None = None,
         client_id: str | None = None,
     ) -> dict[str, Any]:
-        """Retained entries after ``after_seq`` for a subscribe with ``since``: those on
-        ``channels``, broadcasts, and those sent to ``client_id``.
+        """What :meth:`EventLog.replay` says: the entries a subscribe with ``since`` missed."""
+        return self._log.replay(after_seq, channels, epoch, client_id)
 
-        ``recovered`` is False when the history no longer reaches back to ``after_seq`` or
-        the caller's epoch is not this log's; a cursor from another epoch means nothing
-        here, so the replay then starts from the oldest retained entry.
-        """
-        other_epoch = epoch is not None and epoch != self._log.epoch
-        if other_epoch:
-            after_seq = 0
-        recovered = self._log.covers(after_seq) and not other_epoch
-        mine = frozenset((client_id,) if client_id else ())
-        entries = self._log.read_taken(after_seq, ReaderFilter(frozenset(channels), clients=mine))
-        return {
-            "epoch": self._log.epoch,
-            "entries": entries,
-            "head": self._log.head,
-            "oldest": self._log.oldest,
-            "recovered": recovered,
-        }
+    async def fail_listens(self, reader_prefix: str, count: int, message: str) -> None:
+        """Fault injection for tests: the next ``count`` listens of readers whose id starts
+        with ``reader_prefix`` raise ``RuntimeError(message)``, an error no reader expects."""
+        self._faults[reader_prefix] = (count, message)
+
+    def _inject_fault(self, reader: str | None) -> None:
+        for prefix, (count, message) in list(self._faults.items()):
+            if reader is not None and reader.startswith(prefix):
+                if count <= 1:
+                    del self._faults[prefix]
+                else:
+                    self._faults[prefix] = (count - 1, message)
+                raise RuntimeError(message)
 
     async def stats(self) -> dict[str, Any]:
         return {**self._log.stats(), "batches_waiting": len(self._order)}
@@ -125,6 +124,48 @@ class EventHub:
 
 
 EventHubActor: Any = ray.remote(EventHub)
+
+
+class RayHub:
+    """The EventHub actor as a :class:`~control_plane.core.reader.HubPort`: its methods,
+    awaited, so that the Ray-free :class:`~control_plane.core.reader.HubReader` reads it."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    async def head(self) -> tuple[str, int]:
+        head: tuple[str, int] = await self.handle.head.remote()
+        return head
+
+    async def listen(
+        self, epoch: str | None, after_seq: int, timeout: float, limit: int, reader: str
+    ) -> ListenResult:
+        result: ListenResult = await self.handle.listen.remote(
+            epoch, after_seq, timeout, limit, reader
+        )
+        return result
+
+    async def read_filtered(
+        self, epoch: str | None, after_seq: int, upto: int, wanted: ReaderFilter
+    ) -> ListenResult:
+        result: ListenResult = await self.handle.read_filtered.remote(
+            epoch, after_seq, upto, wanted
+        )
+        return result
+
+    async def set_filter(self, reader: str, wanted: ReaderFilter, version: int) -> None:
+        await self.handle.set_filter.remote(reader, wanted, version)
+
+    async def drop_reader(self, reader: str) -> None:
+        await self.handle.drop_reader.remote(reader)
+
+    async def replay(
+        self, after_seq: int, channels: list[str], epoch: str | None, client_id: str | None
+    ) -> dict[str, Any]:
+        reply: dict[str, Any] = await self.handle.replay.remote(
+            after_seq, channels, epoch, client_id
+        )
+        return reply
 
 
 def ensure_hub(capacity: int = DEFAULT_HISTORY) -> Any:

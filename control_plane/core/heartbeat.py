@@ -1,18 +1,23 @@
-"""What a client has read, judged from its answers to our pings. No sockets here.
+"""What the server judges of a socket beyond what RFC 6455 pings tell. No sockets here.
 
-Ray Serve's replica hands outgoing frames to its proxy without waiting, so a client that
-stops reading never blocks our writer: its frames pile up in memory instead. A client that
-reads answers a ping only after every frame sent before it, so each answered ping tells how
-many bytes the client has taken. A client is *slow* when a ping stays unanswered for
-``max_lag`` seconds while frames were sent after it, or when more than ``max_unread_bytes``
-went out that it has not confirmed; it is *gone* when nothing at all was heard from it for
-``heartbeat_timeout`` seconds. The writer also uses the confirmed count as a send window:
-it stops handing frames to Serve while more than a window is unconfirmed.
+Liveness comes from the WebSocket protocol itself: the gateway's server (uvicorn) sends
+ping frames every ``heartbeat_interval`` and closes a socket whose pong does not come
+within ``heartbeat_timeout``; browsers and every WebSocket library answer them by
+themselves, so a plain client that only reads stays connected, however long it has
+nothing to say. (The old application-level heartbeat closed such clients after 45 s, and
+its send window, made for Serve's proxy, closed clients that read at full speed.)
+
+Two things are left to judge here, from what the socket's writer does:
+
+* a socket whose writer has been blocked on one frame for ``max_lag`` seconds has a client
+  that reads nothing (its TCP window stayed shut): it is *slow* (4008), even when too few
+  events come to overflow its send queue, and the close does not wait for a pong that
+  is stuck behind the unread frames;
+* a socket that never subscribes within ``subscribe_deadline`` is closed (4001).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -20,80 +25,40 @@ from enum import StrEnum
 class Verdict(StrEnum):
     OK = "ok"
     SLOW = "slow consumer"
-    GONE = "heartbeat timeout"
+    NO_SUBSCRIBE = "no subscribe in time"
 
 
-@dataclass
+@dataclass(frozen=True)
 class HeartbeatLimits:
-    heartbeat_timeout: float
-    max_lag: float
-    max_unread_bytes: int
+    max_lag: float  # seconds one send may stay blocked
+    subscribe_deadline: float  # seconds from connect to the first subscribe
 
 
 class Heartbeat:
     def __init__(self, now: float) -> None:
-        self.last_heard = now
+        self.connected_at = now
+        self.subscribed = False
+        self.frames_sent = 0
         self.bytes_sent = 0
-        self.bytes_read = 0  # confirmed by an answered ping
-        self.frames_sent = 0  # frames other than our pings
-        # ping id -> (sent at, bytes sent up to and with it, frames sent before it)
-        self._pings: OrderedDict[int, tuple[float, int, int]] = OrderedDict()
-        self._next_id = 1
-        self._last_ping_mark = 0
+        self._blocked_since: float | None = None  # a send in progress since then
+
+    def sending(self, now: float) -> None:
+        """The writer hands a frame to the socket (it may wait for the peer to read)."""
+        self._blocked_since = now
 
     def sent(self, nbytes: int) -> None:
-        """Count a frame handed to the socket."""
-        self.bytes_sent += nbytes
+        """The socket took the frame."""
+        self._blocked_since = None
         self.frames_sent += 1
-
-    @property
-    def unread(self) -> int:
-        """Bytes handed to the socket that the client has not confirmed reading."""
-        return self.bytes_sent - self.bytes_read
-
-    @property
-    def since_last_ping(self) -> int:
-        return self.bytes_sent - self._last_ping_mark
-
-    def heard(self, now: float) -> None:
-        self.last_heard = now
-
-    def next_ping_id(self) -> int:
-        ping_id = self._next_id
-        self._next_id += 1
-        return ping_id
-
-    def ping(self, ping_id: int, now: float, nbytes: int) -> None:
-        """Record a ping of ``nbytes`` handed to the socket now, after everything before."""
         self.bytes_sent += nbytes
-        self._last_ping_mark = self.bytes_sent
-        self._pings[ping_id] = (now, self.bytes_sent, self.frames_sent)
 
-    def pong(self, ping_id: object, now: float) -> None:
-        """A pong: with the ping's id, everything before that ping was read; without one,
-        it answers the oldest ping still open."""
-        self.heard(now)
-        if isinstance(ping_id, int) and ping_id in self._pings:
-            while self._pings:
-                pid, (_, mark, _) = self._pings.popitem(last=False)
-                self.bytes_read = max(self.bytes_read, mark)
-                if pid == ping_id:
-                    break
-        elif self._pings:
-            _, (_, mark, _) = self._pings.popitem(last=False)
-            self.bytes_read = max(self.bytes_read, mark)
-
-    @property
-    def open_pings(self) -> int:
-        return len(self._pings)
+    def blocked_for(self, now: float) -> float:
+        """Seconds the current send has waited (0 when the writer is not in a send)."""
+        return 0.0 if self._blocked_since is None else now - self._blocked_since
 
     def verdict(self, now: float, limits: HeartbeatLimits) -> Verdict:
-        if self.bytes_sent - self.bytes_read > limits.max_unread_bytes:
+        if self.blocked_for(now) > limits.max_lag:
             return Verdict.SLOW
-        if self._pings:
-            sent_at, _, frames_before = next(iter(self._pings.values()))
-            if now - sent_at > limits.max_lag and self.frames_sent > frames_before:
-                return Verdict.SLOW
-        if now - self.last_heard > limits.heartbeat_timeout:
-            return Verdict.GONE
+        if not self.subscribed and now - self.connected_at > limits.subscribe_deadline:
+            return Verdict.NO_SUBSCRIBE
         return Verdict.OK

@@ -1,28 +1,18 @@
-"""A socket's bounded send queue, with room kept for replies.
+"""A socket's bounded send queue, with room kept for replies. No sockets here.
 
-Events count against ``limit``; when a live event finds the outbox full the client is too
-slow and is closed (it resumes with ``since``). Replies (acks, errors, pongs, snapshots) may
-go past the limit, up to twice it, so that a client catching up on a large replay still
-gets its acks. A replay waits for room with :meth:`Outbox.put` instead of failing.
-No sockets here: the writer task pops, the manager pushes.
+The writer task pops frames and awaits the socket for each, so the transport's own flow
+control (uvicorn waits while the peer's TCP window is full) paces it: a client that reads
+slowly holds the writer, not memory. Live events count against ``limit``; a live event that
+finds the outbox full means the client does not keep up, and it is closed (4008; it resumes
+with ``since``). Replies (acks, errors, pongs, snapshots) may go past the limit, up to twice
+it, so that a client catching up on a large replay still gets its acks. A replay waits for
+room with :meth:`Outbox.put` instead of failing.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Final
-
-
-class _Ping:
-    """Marks the place of a heartbeat ping in the outbox; the writer makes the frame."""
-
-    def __repr__(self) -> str:
-        return "PING"
-
-
-PING: Final = _Ping()
-Item = str | _Ping
 
 
 class Outbox:
@@ -30,7 +20,7 @@ class Outbox:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         self.limit = limit
-        self._frames: deque[Item] = deque()
+        self._frames: deque[str] = deque()
         self._readable = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -39,24 +29,22 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._frames)
 
-    def push(self, frame: Item, reply: bool = False) -> bool:
-        """Queue a frame without waiting; False when there is no room for it."""
-        if self.closed:
-            return False
-        if len(self._frames) >= (2 * self.limit if reply else self.limit):
+    def push(self, frame: str, reply: bool = False) -> bool:
+        """Queue a frame without waiting; False when closed or there is no room for it."""
+        if self.closed or len(self._frames) >= (2 * self.limit if reply else self.limit):
             return False
         self._frames.append(frame)
         self._readable.set()
         return True
 
-    async def put(self, frame: str) -> None:
-        """Queue a frame, waiting for room (for replays, which may exceed the limit)."""
+    async def put(self, frame: str) -> bool:
+        """Queue a frame, waiting for room below ``limit``; False when the outbox closed."""
         while len(self._frames) >= self.limit and not self.closed:
             self._room.clear()
             await self._room.wait()
-        self.push(frame, reply=True)
+        return self.push(frame, reply=True)
 
-    async def get(self) -> Item | None:
+    async def get(self) -> str | None:
         """The next frame, or None once closed and empty."""
         while not self._frames:
             if self.closed:
@@ -68,8 +56,11 @@ class Outbox:
             self._room.set()
         return frame
 
-    def close(self) -> None:
-        """Stop taking frames; the reader gets what is queued, then None."""
+    def close(self, discard: bool = False) -> None:
+        """Take no more frames. The reader gets what is queued (nothing with ``discard``),
+        then None; :meth:`put` callers waiting for room return False."""
         self.closed = True
+        if discard:
+            self._frames.clear()
         self._readable.set()
         self._room.set()

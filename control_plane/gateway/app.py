@@ -15,15 +15,18 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from ray import serve
 
 from control_plane.actors import runtime
+from control_plane.actors.hub import RayHub
 from control_plane.core.errors import AuthError, CommandError, ControlPlaneError
-from control_plane.core.protocol import JobCommand, encode, error_reply
+from control_plane.core.protocol import CloseCode, JobCommand, encode, error_reply
 from control_plane.gateway import auth
-from control_plane.gateway.manager import CLOSE_RESTARTING, SocketConfig, get_ws_manager
+from control_plane.gateway.manager import SocketConfig, get_ws_manager
 from control_plane.gateway.replica_server import ReplicaServer
 
 logger = logging.getLogger(__name__)
 
 DEPLOYMENT_NAME = "gateway"
+STATIC = resources.files("control_plane.gateway").joinpath("static")
+STATIC_TYPES = {"js": "text/javascript", "css": "text/css"}
 
 
 @dataclass
@@ -58,16 +61,25 @@ class Gateway:
         self._config = config
         self._controller = runtime.controller()
         self._manager = get_ws_manager()
+        hub = runtime.hub()
         self._manager.configure(
-            config.socket, runtime.hub(), self._run_command, self._controller.snapshot.remote
+            config.socket, RayHub(hub), hub, self._run_command, self._controller.snapshot.remote
         )
-        self._server = ReplicaServer(app, config.host, config.port)
+        # The hub reader starts now, before any socket can connect: one reader per replica.
+        self._manager.start()
+        self._server = ReplicaServer(
+            app,
+            config.host,
+            config.port,
+            ping_interval=config.socket.heartbeat_interval,
+            ping_timeout=config.socket.heartbeat_timeout,
+        )
         self._server.start()
 
     def check_health(self) -> None:
         """Serve's health check: a replica whose server stopped is replaced. It also pokes
         the controller, whose loops a restart by Ray would otherwise leave stopped."""
-        self._controller.ready.remote()
+        self._controller.start.remote()
         failure = self._server.failure()
         if failure is not None:
             raise RuntimeError(f"the gateway's server on port {self._server.port} ended: {failure}")
@@ -92,7 +104,7 @@ class Gateway:
 
     async def __del__(self) -> None:
         """Serve calls this when the replica stops: tell clients to come back (1012)."""
-        await self._manager.close_all(CLOSE_RESTARTING, "gateway restarting")
+        await self._manager.close_all(CloseCode.RESTARTING, "gateway restarting")
         await self._server.stop()
 
     @app.websocket("/ws")
@@ -104,12 +116,12 @@ class Gateway:
                 self._config.allowed_origins,
             )
         except AuthError as e:
-            await _refuse(websocket, auth.CLOSE_FORBIDDEN_ORIGIN, "forbidden_origin", e.message)
+            await _refuse(websocket, CloseCode.FORBIDDEN_ORIGIN, "forbidden_origin", e.message)
             return
         try:
             self._authenticate(websocket)
         except AuthError as e:
-            await _refuse(websocket, auth.CLOSE_UNAUTHORIZED, e.code, e.message)
+            await _refuse(websocket, CloseCode.UNAUTHORIZED, e.code, e.message)
             return
         client_id = websocket.query_params.get("client_id") or None
         await self._manager.serve(websocket, client_id)
@@ -137,17 +149,15 @@ class Gateway:
                 "(it carries the token).</p>",
                 status_code=401,
             )
-        page = resources.files("control_plane").joinpath("gateway/static/index.html").read_text()
+        page = STATIC.joinpath("index.html").read_text()
         return HTMLResponse(page)
 
     @app.get("/static/{name}")
     async def static(self, name: str) -> Response:
-        if name not in ("cp-client.js", "dashboard.js", "dashboard.css"):
+        media = STATIC_TYPES.get(name.rpartition(".")[2])
+        path = STATIC.joinpath(name)
+        if media is None or "/" in name or not path.is_file():
             raise HTTPException(404)
-        path = resources.files("control_plane").joinpath(f"gateway/static/{name}")
-        if not path.is_file():
-            raise HTTPException(404)
-        media = "text/javascript" if name.endswith(".js") else "text/css"
         return Response(path.read_text(), media_type=media)
 
     @app.get("/api/jobs")

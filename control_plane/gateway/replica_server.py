@@ -54,10 +54,33 @@ def bind(host: str, port: int, patience: float = BIND_PATIENCE) -> socket.socket
             time.sleep(0.25)
 
 
+def abort_connection(websocket: Any) -> bool:
+    """Drop a socket's TCP connection at once (no close handshake); True if it could.
+
+    For a peer that reads nothing: even a close frame waits behind its unread frames, and
+    uvicorn's transport would hold the connection until they drain. ASGI has no message
+    for this, so the transport is reached through uvicorn's protocol object (the bound
+    ``send`` the app was given); with another server this does nothing.
+    """
+    protocol = getattr(getattr(websocket, "_send", None), "__self__", None)
+    transport = getattr(protocol, "transport", None)
+    if transport is None or not hasattr(transport, "abort"):
+        return False
+    transport.abort()
+    return True
+
+
 class ReplicaServer:
     """uvicorn serving ``app`` on ``host:port`` as a task of the running loop."""
 
-    def __init__(self, app: Any, host: str, port: int) -> None:
+    def __init__(
+        self,
+        app: Any,
+        host: str,
+        port: int,
+        ping_interval: float | None = 15.0,
+        ping_timeout: float | None = 20.0,
+    ) -> None:
         self.host = host
         self.port = port
         self._config = uvicorn.Config(
@@ -66,7 +89,9 @@ class ReplicaServer:
             access_log=False,
             log_level="warning",
             ws="websockets-sansio",
-            ws_ping_interval=None,  # the control plane's own heartbeat pings
+            # Liveness: RFC 6455 pings, which browsers and libraries answer by themselves.
+            ws_ping_interval=ping_interval,
+            ws_ping_timeout=ping_timeout,
             ws_per_message_deflate=False,  # frames are small; deflate costs CPU per socket
             ws_max_size=16 * 1024 * 1024,  # the app closes over-limit frames itself (1009)
             timeout_graceful_shutdown=2,

@@ -15,7 +15,7 @@ import pytest
 import ray
 
 import control_plane
-import control_plane.gateway.manager
+import control_plane.websocket
 from control_plane.client import ConnectionState, ControlPlaneClient
 from tests.conftest import TOKEN
 from tests.integration.wsclient import TestSocket

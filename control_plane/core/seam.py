@@ -1,0 +1,238 @@
+"""The replay seam of one socket: each seq at most once, and with ``since`` no gap. No Ray here.
+
+A socket gets entries two ways: live, from the replica's one hub reader (every entry after
+the reader's cursor that the socket's subscriptions take), and replayed, when it subscribes
+with ``since`` (the retained entries after ``since`` up to the reader's cursor at the time
+of the subscribe, ``live_from``). Two things make that exactly once:
+
+* :class:`Coverage` remembers, per subscription key (a channel, or broadcasts, or entries
+  sent to this client), the seq ranges the socket was given. A replay leaves out what a key
+  the socket already held covered: subscribing to ``*`` after ``job:a`` does not send
+  ``job:a``'s events again, and a second subscribe with ``since`` does not repeat the first's
+  replay.
+* :class:`ReplayMerge` holds live entries back while replays are being read, then sends the
+  replays and the held entries in seq order, each seq once. Its states::
+
+      LIVE ──hold()──▶ HOLDING ──last replay in──▶ DRAINING ──buffer empty──▶ LIVE
+                        ▲   │ hold()                   │ hold()
+                        └───┘◀─────────────────────────┘
+
+``tests/unit/test_seam.py`` drives both, with the subscription index and a log, through
+random interleavings of subscribes, unsubscribes, live batches and replies (hypothesis).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import StrEnum
+
+from control_plane.core.hub_log import CLIENT_TARGET_PREFIX, TARGET_ALL, LogEntry
+from control_plane.core.protocol import receiving_channels
+
+# Coverage keys beside channels: what a socket gets whatever it subscribed to.
+BROADCASTS = TARGET_ALL
+DIRECT = CLIENT_TARGET_PREFIX
+MAX_RANGES = 256  # closed ranges per key; a socket that subscribes more forgets the oldest
+
+
+def coverage_keys(entry: LogEntry) -> tuple[str, ...]:
+    """The keys through which a socket may have been given ``entry``."""
+    if entry.target == TARGET_ALL:
+        return (BROADCASTS,)
+    if entry.target.startswith(CLIENT_TARGET_PREFIX):
+        return (DIRECT,)
+    return receiving_channels(entry.channel, entry.type)
+
+
+class Coverage:
+    """Per key, what a socket was given: an open range ``(open_from, ∞)`` while the key is
+    live, and closed ranges ``(lo, hi]`` (replays, live periods that ended, and what the
+    client said it has: ``since``)."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, int] = {}
+        self._closed: dict[str, list[tuple[int, int]]] = {}
+
+    def open(self, key: str, after: int) -> None:
+        """``key`` is live from ``after`` on (exclusive). A key already live stays as it is."""
+        self._open.setdefault(key, after)
+
+    def close(self, key: str, at: int) -> None:
+        """``key`` stops being live; it covered up to ``at``."""
+        after = self._open.pop(key, None)
+        if after is not None:
+            self.add(key, after, at)
+
+    def add(self, key: str, lo: int, hi: int) -> None:
+        """``key`` was given ``(lo, hi]``."""
+        if hi <= lo:
+            return
+        ranges = self._closed.setdefault(key, [])
+        for i, (a, b) in enumerate(ranges):
+            if a <= hi and lo <= b:  # overlapping or touching: one range
+                ranges[i] = (min(a, lo), max(b, hi))
+                return
+        ranges.append((lo, hi))
+        del ranges[:-MAX_RANGES]
+
+    def covers(self, key: str, seq: int) -> bool:
+        after = self._open.get(key)
+        return (after is not None and seq > after) or self.covered_before(key, seq)
+
+    def covered_before(self, key: str, seq: int) -> bool:
+        """Whether a closed range of ``key`` holds ``seq``."""
+        return any(lo < seq <= hi for lo, hi in self._closed.get(key, ()))
+
+    def given(self, entry: LogEntry) -> bool:
+        """Whether the socket was given ``entry`` already (through any key)."""
+        return any(self.covers(key, entry.seq) for key in coverage_keys(entry))
+
+
+class Offer(StrEnum):
+    SEND = "send"  # queue it now
+    HELD = "held"  # held by the merge, sent with the replay
+    DROP = "drop"  # the client has it already
+
+
+class MergeState(StrEnum):
+    LIVE = "live"  # live entries go straight to the socket
+    HOLDING = "holding"  # replays are being read: live entries wait, in order
+    DRAINING = "draining"  # replays and held entries go out in seq order
+
+
+class ReplayMerge:
+    """Holds live entries while replays are read; gives them out merged, each seq once."""
+
+    def __init__(self, max_held: int) -> None:
+        self.state = MergeState.LIVE
+        self.max_held = max_held
+        self._pending = 0  # replays asked for, not in yet
+        self._held: dict[int, LogEntry] = {}
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def hold(self) -> None:
+        """A replay is being read: hold live entries until it is in."""
+        self._pending += 1
+        if self.state is MergeState.LIVE:
+            self.state = MergeState.HOLDING
+
+    def live(self, entry: LogEntry) -> bool:
+        """True: send ``entry`` now. False: it is held (see :attr:`overflowing`)."""
+        if self.state is MergeState.LIVE:
+            return True
+        self._held[entry.seq] = entry
+        return False
+
+    @property
+    def overflowing(self) -> bool:
+        return len(self._held) > self.max_held
+
+    def replayed(self, entries: Iterable[LogEntry]) -> bool:
+        """A replay is in; True when the caller should drain now (no other replay pending
+        and no drain running)."""
+        for entry in entries:
+            self._held.setdefault(entry.seq, entry)
+        self._pending = max(0, self._pending - 1)
+        if self._pending == 0 and self.state is MergeState.HOLDING:
+            self.state = MergeState.DRAINING
+            return True
+        return False
+
+    def next_batch(self) -> list[LogEntry]:
+        """The held entries in seq order, for the drain. Empty when the drain should stop:
+        nothing is held (the socket is live again), or another replay was asked for
+        meanwhile (what is held waits for it, and its arrival starts the next drain)."""
+        if self._pending:
+            self.state = MergeState.HOLDING
+            return []
+        if not self._held:
+            self.state = MergeState.LIVE
+            return []
+        batch = [self._held[seq] for seq in sorted(self._held)]
+        self._held.clear()
+        return batch
+
+
+class SocketSeam:
+    """One socket's side of the seam: its :class:`Coverage` and :class:`ReplayMerge`, and
+    the steps of a subscribe, in the order the session takes them."""
+
+    def __init__(self, max_held: int) -> None:
+        self.coverage = Coverage()
+        self.merge = ReplayMerge(max_held)
+        # What the client said it has (``since``), per key. The replica's reader may be
+        # behind a ``since`` (its filter took nothing for a while, so its cursor stayed):
+        # live entries up to ``floor``, the highest one, are checked against what it said.
+        self.claimed = Coverage()
+        self.floor = 0
+
+    def went_live(self, cursor: int) -> None:
+        """The socket gets broadcasts and its own ``send_to_client`` events after ``cursor``."""
+        self.coverage.open(BROADCASTS, cursor)
+        self.coverage.open(DIRECT, cursor)
+
+    def subscribed(self, channels: Iterable[str], live_from: int, since: int | None) -> None:
+        """``channels`` are live after ``live_from`` (the reader's cursor when the index took
+        them). With ``since``, the client has every entry up to it on those channels (and
+        its broadcasts), and live entries are held until the replay is in."""
+        channels = list(channels)
+        for channel in channels:
+            self.coverage.open(channel, live_from)
+        if since is not None:
+            for key in (*channels, BROADCASTS, DIRECT):
+                self.claimed.add(key, 0, since)
+            self.floor = max(self.floor, since)
+            self.merge.hold()
+
+    def unsubscribed(self, channels: Iterable[str], cursor: int) -> None:
+        for channel in channels:
+            self.coverage.close(channel, cursor)
+
+    def replayed(
+        self,
+        channels: Iterable[str],
+        entries: Iterable[LogEntry],
+        *,
+        start: int,
+        live_from: int,
+    ) -> tuple[int, bool]:
+        """The hub's replay of ``channels`` after ``start`` is in: keep what this socket was
+        not given and what will not come live (seq up to ``live_from``). Returns (entries
+        kept, whether the caller drains now)."""
+        kept = [
+            e
+            for e in entries
+            if e.seq <= live_from and not self.coverage.given(e) and not self._has(e)
+        ]
+        for key in (*channels, BROADCASTS, DIRECT):
+            self.coverage.add(key, start, live_from)
+        return len(kept), self.merge.replayed(kept)
+
+    def replay_failed(self) -> bool:
+        """A replay that will not come (the request failed); True: drain now."""
+        return self.merge.replayed(())
+
+    def live(self, entry: LogEntry) -> Offer:
+        """What to do with a live entry for this socket."""
+        if self._has(entry):
+            return Offer.DROP
+        return Offer.SEND if self.merge.live(entry) else Offer.HELD
+
+    def next_batch(self) -> list[LogEntry]:
+        """The next batch of the drain (see :meth:`ReplayMerge.next_batch`), without what
+        the client said it has since those entries were held."""
+        while batch := self.merge.next_batch():
+            kept = [e for e in batch if not self._has(e)]
+            if kept:
+                return kept
+        return []
+
+    def _has(self, entry: LogEntry) -> bool:
+        """The client said it has ``entry`` (a ``since`` at or past it)."""
+        return entry.seq <= self.floor and self.claimed.given(entry)

@@ -1,0 +1,342 @@
+"""One socket of a gateway replica: its reader, writer and watchdog tasks, its send queue,
+and its side of the replay seam.
+
+A session runs three tasks in one task group; when one ends the others are cancelled:
+
+* the reader takes client frames, answers bad ones with an ``error`` (the socket stays),
+  and runs each request in a task of its own (a subscribe waits for the hub's replay);
+* the writer pops the :class:`~control_plane.core.outbox.Outbox` and awaits the socket for
+  each frame, so the transport paces it (uvicorn waits while the peer's TCP window is shut);
+* the watchdog closes a socket whose writer is stuck on one frame for ``max_lag`` (the
+  client reads nothing) or that never subscribes.
+
+Closing runs in a task of its own, so that a close started by one of the three is not
+cancelled with it; a close that cannot be sent within ``close_timeout`` (the peer reads
+nothing, so even the close frame waits) aborts the connection.
+
+Session states::
+
+    OPEN ──subscribe──▶ SUBSCRIBED ──close()──▶ CLOSING ──tasks ended──▶ CLOSED
+      └───────────────────close()───────────────▲
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from control_plane.core.errors import ControlPlaneError
+from control_plane.core.heartbeat import Heartbeat, HeartbeatLimits, Verdict
+from control_plane.core.hub_log import LogEntry
+from control_plane.core.outbox import Outbox
+from control_plane.core.protocol import (
+    JOB_CHANNEL_PREFIX,
+    BadFrame,
+    ClientMessage,
+    CloseCode,
+    JobCommand,
+    Ping,
+    Pong,
+    Subscribe,
+    Unsubscribe,
+    ack,
+    encode,
+    error_reply,
+    parse_client_message,
+    server_frame,
+)
+from control_plane.core.seam import Offer, SocketSeam
+from control_plane.gateway.replica_server import abort_connection
+
+if TYPE_CHECKING:
+    from control_plane.gateway.manager import WebSocketManager
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SocketConfig:
+    max_frame_bytes: int = 64 * 1024
+    send_queue_size: int = 16_384  # frames queued for one socket before it counts as slow
+    heartbeat_interval: float = 15.0  # seconds between RFC 6455 pings
+    heartbeat_timeout: float = 20.0  # a pong later than this after its ping closes the socket
+    max_lag: float = 15.0  # one send blocked this long: the client reads nothing (4008)
+    subscribe_deadline: float = 60.0  # close a socket that never subscribes (4001)
+    close_timeout: float = 10.0  # a close frame not sent by then: the connection is aborted
+
+
+CommandRunner = Callable[[JobCommand, str], Awaitable[dict[str, Any]]]
+SnapshotSource = Callable[[str], Awaitable[dict[str, Any] | None]]
+
+
+class SessionState(StrEnum):
+    OPEN = "open"  # accepted; no subscribe yet
+    SUBSCRIBED = "subscribed"  # subscribed at least once
+    CLOSING = "closing"  # a close was started: nothing more is queued
+    CLOSED = "closed"  # its tasks ended
+
+
+class Session:
+    def __init__(self, manager: WebSocketManager, websocket: WebSocket, client_id: str) -> None:
+        self.manager = manager
+        self.config = manager.config
+        self.websocket = websocket
+        self.client_id = client_id
+        self.state = SessionState.OPEN
+        self.outbox = Outbox(self.config.send_queue_size)
+        self.heartbeat = Heartbeat(time.monotonic())
+        self.seam = SocketSeam(max_held=16 * self.config.send_queue_size)
+        self.delivered = 0
+        self.close_code: int | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
+        self._requests: set[asyncio.Task[None]] = set()
+
+    @property
+    def closing(self) -> bool:
+        return self.state in (SessionState.CLOSING, SessionState.CLOSED)
+
+    # --- running ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the socket until it closes (either side)."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._writer = group.create_task(self._write())
+                tasks = {
+                    self._writer,
+                    group.create_task(self._read()),
+                    group.create_task(self._watch()),
+                }
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in tasks:
+                    task.cancel()
+        except* WebSocketDisconnect:
+            pass
+        except* Exception:
+            logger.exception("socket %s failed", self.client_id)
+        finally:
+            for task in self._requests:
+                task.cancel()
+            self.manager.forget(self)
+            if self._closer is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._closer)
+            self.state = SessionState.CLOSED
+
+    # --- sending ---------------------------------------------------------------------------
+
+    def offer(self, entry: LogEntry) -> None:
+        """A live entry for this socket (from the replica's hub reader)."""
+        if self.closing:
+            return
+        offer = self.seam.live(entry)
+        if offer is Offer.SEND:
+            self._queue(entry.frame)
+        elif offer is Offer.HELD and self.seam.merge.overflowing:
+            self._slow(f"{len(self.seam.merge)} events held back behind a replay")
+
+    def reply(self, frame: dict[str, Any]) -> None:
+        """Queue a reply (ack, error, pong, snapshot, welcome)."""
+        if not self.closing and not self.outbox.push(encode(frame), reply=True):
+            self._slow("no room for a reply")
+
+    def _queue(self, frame: str) -> None:
+        if self.outbox.push(frame):
+            self.delivered += 1
+        else:
+            self._slow(f"{len(self.outbox)} events queued")
+
+    def _slow(self, why: str) -> None:
+        if self.closing:
+            return
+        logger.warning("closing slow client %s: %s", self.client_id, why)
+        self.manager.slow_closed += 1
+        self.close_soon(CloseCode.SLOW_CONSUMER, "slow consumer")
+
+    async def _write(self) -> None:
+        ws, beat = self.websocket, self.heartbeat
+        try:
+            while (frame := await self.outbox.get()) is not None:
+                beat.sending(time.monotonic())
+                await ws.send_text(frame)
+                beat.sent(len(frame))
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            return  # the peer is gone; the reader sees the disconnect
+
+    async def _watch(self) -> None:
+        cfg = self.config
+        limits = HeartbeatLimits(cfg.max_lag, cfg.subscribe_deadline)
+        period = max(0.05, min(1.0, cfg.max_lag / 4, cfg.subscribe_deadline / 4))
+        while not self.closing:
+            await asyncio.sleep(period)
+            verdict = self.heartbeat.verdict(time.monotonic(), limits)
+            if verdict is Verdict.SLOW:
+                self._slow(f"a send blocked for over {cfg.max_lag:g} s")
+            elif verdict is Verdict.NO_SUBSCRIBE:
+                self.close_soon(CloseCode.NO_SUBSCRIBE, verdict.value)
+
+    # --- closing ---------------------------------------------------------------------------
+
+    def close_soon(self, code: int, reason: str) -> asyncio.Task[None]:
+        """Start closing (once); the returned task ends when the close was sent or the
+        connection aborted."""
+        if self._closer is None:
+            self.state = SessionState.CLOSING
+            self.close_code = code
+            self.outbox.close(discard=True)
+            self._closer = asyncio.get_running_loop().create_task(self._close(code, reason))
+        return self._closer
+
+    async def close(self, code: int, reason: str) -> None:
+        await asyncio.shield(self.close_soon(code, reason))
+
+    async def _close(self, code: int, reason: str) -> None:
+        if self._writer is not None and self._writer is not asyncio.current_task():
+            self._writer.cancel()  # it may wait on a peer that reads nothing
+        ws = self.websocket
+        if ws.application_state is not WebSocketState.CONNECTED:
+            return
+        try:
+            async with asyncio.timeout(self.config.close_timeout):
+                await ws.close(code, reason)
+        except TimeoutError:
+            logger.info("close %d to %s not sent in time: aborting", code, self.client_id)
+            abort_connection(ws)
+        except Exception:
+            logger.debug("closing %s failed", self.client_id, exc_info=True)
+
+    # --- requests --------------------------------------------------------------------------
+
+    async def _read(self) -> None:
+        ws, limit = self.websocket, self.config.max_frame_bytes
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            size = _frame_size(text, message.get("bytes"), limit)
+            if size > limit:
+                why = f"frame of {size} bytes is over the {limit} limit"
+                await self.close(CloseCode.TOO_BIG, why)
+                return
+            if text is None:
+                self.reply(error_reply(None, "binary_frame", "send JSON as text frames"))
+                continue
+            try:
+                msg = parse_client_message(text)
+            except BadFrame as e:
+                self.reply(error_reply(e.request_id, e.code, e.message))
+                continue
+            if isinstance(msg, Pong):
+                continue  # answers to the pings of older servers: nothing to do
+            task = asyncio.get_running_loop().create_task(self._handle(msg))
+            self._requests.add(task)
+            task.add_done_callback(self._requests.discard)
+
+    async def _handle(self, msg: ClientMessage) -> None:
+        try:
+            if isinstance(msg, Ping):
+                self.reply(server_frame("pong", request_id=msg.id))
+            elif isinstance(msg, Subscribe):
+                await self.subscribe(msg)
+            elif isinstance(msg, Unsubscribe):
+                self.manager.remove_channels(self, msg.channels)
+                channels = sorted(self.manager.index.channels_of(self.client_id))
+                self.reply(ack(msg.id, channels=channels))
+            elif isinstance(msg, JobCommand):
+                result = await self.manager.run_command(msg, self.client_id)
+                self.reply(ack(msg.id, job_id=msg.job_id, command=msg.command, **result))
+        except asyncio.CancelledError:
+            raise
+        except ControlPlaneError as e:
+            self.reply(error_reply(msg.id, e.code, e.message))
+        except Exception as e:
+            logger.exception("request %r failed", msg)
+            self.reply(error_reply(msg.id, "internal_error", f"{type(e).__name__}: {e}"))
+
+    async def subscribe(self, msg: Subscribe) -> None:
+        """Each ``job:<id>`` channel's snapshot, the ack, the replay (with ``since``), then
+        live events; live events that come meanwhile are held and merged in by seq."""
+        if self.state is SessionState.OPEN:
+            self.state = SessionState.SUBSCRIBED
+        self.heartbeat.subscribed = True
+        live_from = self.manager.add_channels(self, msg.channels)
+        self.seam.subscribed(msg.channels, live_from, msg.since)
+        if msg.since is None:
+            await self._send_snapshots(msg.channels)
+            self.reply(self._ack(msg, seq=live_from, epoch=self.manager.epoch))
+            return
+        drain = False
+        try:
+            await self._send_snapshots(msg.channels)
+            reply = await self.manager.replay(msg.since, msg.channels, msg.epoch, self.client_id)
+            if reply["epoch"] != self.manager.epoch:
+                # A hub epoch the replica's reader has not seen yet: the reader resets and
+                # closes this socket (1012) in a moment, and the client resumes then.
+                live_from = reply["head"]
+            start = msg.since if reply["recovered"] else reply["oldest"] - 1
+            replayed, drain = self.seam.replayed(
+                msg.channels, reply["entries"], start=start, live_from=live_from
+            )
+            self.reply(
+                self._ack(
+                    msg,
+                    epoch=reply["epoch"],
+                    seq=reply["head"],
+                    recovered=reply["recovered"],
+                    replayed=replayed,
+                    oldest=reply["oldest"],
+                )
+            )
+        except BaseException:
+            drain = self.seam.replay_failed()
+            raise
+        finally:
+            if drain and not self.closing:
+                await self._drain()
+
+    def _ack(self, msg: Subscribe, **data: Any) -> dict[str, Any]:
+        channels = sorted(self.manager.index.channels_of(self.client_id))
+        return ack(msg.id, channels=channels, **data)
+
+    async def _drain(self) -> None:
+        """Send the replay and the live entries held meanwhile, in seq order. A replay may
+        be far larger than the send queue, so it waits for room; a client that takes no
+        frame for ``max_lag`` is slow."""
+        while batch := self.seam.next_batch():
+            for entry in batch:
+                if self.closing:
+                    return
+                try:
+                    async with asyncio.timeout(self.config.max_lag):
+                        if not await self.outbox.put(entry.frame):
+                            return
+                except TimeoutError:
+                    self._slow(f"no room for a replay in {self.config.max_lag:g} s")
+                    return
+                self.delivered += 1
+
+    async def _send_snapshots(self, channels: list[str]) -> None:
+        for channel in channels:
+            if channel.startswith(JOB_CHANNEL_PREFIX):
+                snap = await self.manager.snapshot(channel[len(JOB_CHANNEL_PREFIX) :])
+                if snap is not None:
+                    frame = server_frame("job.snapshot", **snap)
+                    frame["channel"] = channel
+                    self.reply(frame)
+
+
+def _frame_size(text: str | None, data: bytes | None, limit: int) -> int:
+    """Bytes in a frame; encodes text only when its length alone cannot settle the limit."""
+    if text is None:
+        return len(data or b"")
+    return len(text.encode()) if len(text) * 4 > limit else len(text)

@@ -1,0 +1,296 @@
+"""The replay seam, Ray-free: coverage, the merge's states, and a property test that drives
+a replica's parts (the hub's log, the subscription index, each socket's seam) through random
+interleavings of appends, live batches, subscribes with and without ``since``, unsubscribes,
+replay replies in any order and drain steps. Each socket must get each seq at most once, and
+every entry of every channel it holds after where that channel's subscription started."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from control_plane.core.hub_log import TARGET_ALL, TARGET_CHANNEL, EventLog, LogEntry, ReaderFilter
+from control_plane.core.hub_log import client_target as to_client
+from control_plane.core.protocol import make_event
+from control_plane.core.routing import SubscriptionIndex, matches
+from control_plane.core.seam import (
+    Coverage,
+    MergeState,
+    Offer,
+    ReplayMerge,
+    SocketSeam,
+)
+
+
+def entry(seq: int, channel: str = "job:a", event_type: str = "job.progress") -> LogEntry:
+    return LogEntry(seq, channel, event_type, TARGET_CHANNEL, f'{{"seq":{seq}}}')
+
+
+# --- Coverage --------------------------------------------------------------------------------
+
+
+def test_coverage_of_a_live_key_starts_after_its_cursor_and_ends_where_it_closed() -> None:
+    c = Coverage()
+    c.open("job:a", 10)
+    assert not c.covers("job:a", 10) and c.covers("job:a", 11) and c.covers("job:a", 10**9)
+    c.close("job:a", 20)
+    assert c.covers("job:a", 20) and not c.covers("job:a", 21)
+    c.open("job:a", 30)
+    assert not c.covers("job:a", 25) and c.covers("job:a", 31)
+    assert c.covered_before("job:a", 15) and not c.covered_before("job:a", 31)
+
+
+def test_an_entry_is_given_through_any_key_that_receives_it() -> None:
+    c = Coverage()
+    c.open("*", 5)
+    assert c.given(entry(6, "job:b"))
+    c2 = Coverage()
+    c2.open("jobs", 0)
+    assert c2.given(entry(3, "job:b", "job.started"))
+    assert not c2.given(entry(3, "job:b", "job.progress"))
+
+
+def test_reopening_a_live_key_keeps_its_older_start_and_replays_add_ranges() -> None:
+    c = Coverage()
+    c.open("job:a", 10)
+    c.open("job:a", 50)  # subscribed again: still live from 10
+    assert c.covers("job:a", 11)
+    c.add("job:a", 2, 10)
+    assert c.covers("job:a", 3) and not c.covers("job:a", 2)
+
+
+# --- ReplayMerge -----------------------------------------------------------------------------
+
+
+def test_the_merge_holds_live_entries_during_a_replay_then_gives_all_in_seq_order() -> None:
+    m = ReplayMerge(max_held=100)
+    assert m.live(entry(1))  # live: send now
+    m.hold()
+    assert m.state is MergeState.HOLDING
+    assert not m.live(entry(9)) and not m.live(entry(7))
+    assert m.replayed([entry(3), entry(2), entry(7)])  # the last replay in: drain
+    assert m.state is MergeState.DRAINING
+    assert [e.seq for e in m.next_batch()] == [2, 3, 7, 9]
+    assert not m.live(entry(10))  # held while draining
+    assert [e.seq for e in m.next_batch()] == [10]
+    assert m.next_batch() == [] and m.state is MergeState.LIVE
+
+
+def test_a_replay_asked_for_during_a_drain_stops_it_until_that_replay_is_in() -> None:
+    m = ReplayMerge(max_held=100)
+    m.hold()
+    assert m.replayed([entry(1)])
+    m.hold()  # a second subscribe with since, while the first drains
+    assert m.next_batch() == [] and m.state is MergeState.HOLDING
+    assert m.replayed([entry(2)])
+    assert [e.seq for e in m.next_batch()] == [1, 2]
+
+
+def test_two_replays_drain_once_when_both_are_in() -> None:
+    m = ReplayMerge(max_held=100)
+    m.hold()
+    m.hold()
+    assert not m.replayed([entry(5)])
+    assert m.replayed([entry(4)])
+
+
+def test_the_merge_says_when_it_holds_too_much() -> None:
+    m = ReplayMerge(max_held=2)
+    m.hold()
+    for seq in (1, 2, 3):
+        m.live(entry(seq))
+    assert m.overflowing
+
+
+# --- the property ----------------------------------------------------------------------------
+
+CHANNELS = ["job:a", "job:b", "system", "jobs", "*"]
+TYPES = ["job.progress", "job.started", "agent.output", "system.alert"]
+CLIENTS = ["c0", "c1", "c2"]
+
+
+@dataclass
+class Sock:
+    seam: SocketSeam
+    connected_at: int
+    sent: list[int] = field(default_factory=list)
+    start: dict[str, int] = field(default_factory=dict)  # channel -> its stream starts after
+    draining: bool = False
+    # (channels, since, how many frames were sent before that subscribe)
+    claims: list[tuple[list[str], int, int]] = field(default_factory=list)
+
+
+@dataclass
+class Replica:
+    log: EventLog = field(default_factory=lambda: EventLog(capacity=100_000))
+    index: SubscriptionIndex = field(default_factory=SubscriptionIndex)
+    socks: dict[str, Sock] = field(default_factory=dict)
+    cursor: int = 0
+    pending: list[tuple[str, list[str], int, int]] = field(default_factory=list)
+
+    def connect(self, client: str) -> None:
+        sock = Sock(SocketSeam(max_held=10**9), self.cursor)
+        sock.seam.went_live(self.cursor)
+        self.socks[client] = sock
+        self.index.add_client(client)
+
+    def append(self, channel: str, event_type: str, target: str, n: int) -> None:
+        job = channel.removeprefix("job:") if channel.startswith("job:") else "x"
+        event = make_event(event_type, {"job_id": job, "status": "running"})
+        event["channel"] = channel
+        self.log.append([event] * n, target)
+
+    def deliver(self, n: int) -> None:
+        for e in self.log.read(self.cursor, n):
+            for client in self.index.recipients(e):
+                sock = self.socks[client]
+                if sock.seam.live(e) is Offer.SEND:
+                    sock.sent.append(e.seq)
+            self.cursor = e.seq
+
+    def subscribe(self, client: str, channels: list[str], since: int | None) -> None:
+        sock = self.socks[client]
+        held = self.index.channels_of(client)
+        self.index.subscribe(client, channels)
+        live_from = self.cursor
+        for ch in channels:
+            begin = live_from if since is None else since
+            sock.start[ch] = min(sock.start[ch], begin) if ch in held else begin
+        sock.seam.subscribed(channels, live_from, since)
+        if since is not None:
+            sock.claims.append((channels, since, len(sock.sent)))
+            self.pending.append((client, channels, since, live_from))
+
+    def unsubscribe(self, client: str, channels: list[str]) -> None:
+        sock = self.socks[client]
+        self.index.unsubscribe(client, channels)
+        sock.seam.unsubscribed(channels, self.cursor)
+        for ch in channels:
+            sock.start.pop(ch, None)
+
+    def reply(self, i: int) -> None:
+        client, channels, since, live_from = self.pending.pop(i % len(self.pending))
+        wanted = ReaderFilter(frozenset(channels), clients=frozenset({client}))
+        entries = self.log.read_taken(since, wanted)  # what the hub answers, up to its head
+        sock = self.socks[client]
+        _, drain = sock.seam.replayed(channels, entries, start=since, live_from=live_from)
+        sock.draining = sock.draining or drain
+
+    def drain_step(self, client: str) -> None:
+        sock = self.socks[client]
+        if not sock.draining:
+            return
+        batch = sock.seam.next_batch()
+        if not batch:
+            sock.draining = False
+        sock.sent.extend(e.seq for e in batch)
+
+    def settle(self) -> None:
+        while self.pending:
+            self.reply(0)
+        self.deliver(10**9)
+        for client in self.socks:
+            while self.socks[client].draining:
+                self.drain_step(client)
+
+
+append_op = st.tuples(
+    st.just("append"),
+    st.sampled_from(["job:a", "job:b", "system"]),
+    st.sampled_from(TYPES),
+    st.sampled_from([TARGET_CHANNEL, TARGET_CHANNEL, TARGET_ALL, to_client("c1")]),
+    st.integers(1, 4),
+)
+deliver_op = st.tuples(st.just("deliver"), st.integers(1, 6))
+subscribe_op = st.tuples(
+    st.just("subscribe"),
+    st.sampled_from(CLIENTS),
+    st.lists(st.sampled_from(CHANNELS), min_size=1, max_size=3, unique=True),
+    st.one_of(st.none(), st.integers(0, 40)),
+)
+unsubscribe_op = st.tuples(
+    st.just("unsubscribe"),
+    st.sampled_from(CLIENTS),
+    st.lists(st.sampled_from(CHANNELS), min_size=1, max_size=2, unique=True),
+)
+reply_op = st.tuples(st.just("reply"), st.integers(0, 10))
+drain_op = st.tuples(st.just("drain"), st.sampled_from(CLIENTS))
+# Weighted towards what makes seams: events, live batches, subscribes and their replies.
+operation = st.one_of(
+    append_op,
+    append_op,
+    deliver_op,
+    deliver_op,
+    subscribe_op,
+    subscribe_op,
+    unsubscribe_op,
+    reply_op,
+    reply_op,
+    drain_op,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(operation, min_size=10, max_size=80))
+@example(  # two replays of one channel, the second after the first drained
+    [
+        ("append", "job:a", "job.progress", TARGET_CHANNEL, 3),
+        ("deliver", 6),
+        ("subscribe", "c0", ["job:a"], 0),
+        ("reply", 0),
+        ("drain", "c0"),
+        ("drain", "c0"),
+        ("subscribe", "c0", ["job:a"], 0),
+        ("reply", 0),
+    ]
+)
+def test_any_interleaving_gives_each_socket_each_seq_once_and_no_gap(ops: list[tuple]) -> None:
+    r = Replica()
+    for client in CLIENTS:
+        r.connect(client)
+    for op in ops:
+        kind, *args = op
+        if kind == "append":
+            r.append(*args)
+        elif kind == "deliver":
+            r.deliver(*args)
+        elif kind == "subscribe":
+            client, channels, since = args
+            r.subscribe(client, channels, None if since is None else min(since, r.log.head))
+        elif kind == "unsubscribe":
+            r.unsubscribe(*args)
+        elif kind == "reply" and r.pending:
+            r.reply(*args)
+        elif kind == "drain":
+            r.drain_step(*args)
+    r.settle()
+    log = {e.seq: e for e in r.log.read(0)}
+
+    def reaches(client: str, channels: list[str], e: LogEntry) -> bool:
+        if e.target == TARGET_CHANNEL:
+            return matches(channels, e.channel, e.type)
+        return e.target in (TARGET_ALL, to_client(client))
+
+    for client, sock in r.socks.items():
+        assert len(sock.sent) == len(set(sock.sent)), f"{client} got a seq twice: {sock.sent}"
+        had = set(sock.sent)
+        for channels, since, sent_before in sock.claims:
+            claimed = {q for q, e in log.items() if q <= since and reaches(client, channels, e)}
+            again = claimed & set(sock.sent[sent_before:])
+            assert not again, f"{client} was sent {again}, which it had (since {since})"
+            had |= claimed
+        for ch, begin in sock.start.items():
+            wanted = {
+                q
+                for q, e in log.items()
+                if q > begin and e.target == TARGET_CHANNEL and matches([ch], e.channel, e.type)
+            }
+            assert wanted <= had, f"{client} on {ch} after {begin} missed {wanted - had}"
+        broadcasts = {
+            q
+            for q, e in log.items()
+            if q > sock.connected_at and e.target in (TARGET_ALL, to_client(client))
+        }
+        assert broadcasts <= had, f"{client} missed broadcasts {broadcasts - had}"
