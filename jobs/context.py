@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from control_plane.core.encoding import Encoded, ProgressEncoder, encode_event
-from control_plane.core.protocol import make_event, utc_now_iso
+from control_plane.core.protocol import STATE_BY_EVENT, make_event, utc_now_iso
 from jobs.lifecycle import JobState, JobStatus, Trigger, next_state
 
 if TYPE_CHECKING:
@@ -27,6 +27,12 @@ if TYPE_CHECKING:
 Emit = Callable[[Encoded, bool], None]
 
 OUTPUT_PREVIEW_CHARS = 2000
+
+# The event that announces each terminal state: the protocol's event → state table read
+# backwards (one event per terminal state, so the inversion is exact).
+_FINAL_EVENTS = {
+    JobState(state): event for event, state in STATE_BY_EVENT.items() if JobState(state).terminal
+}
 
 
 class CancelRequested(BaseException):
@@ -159,14 +165,12 @@ class JobControl:
 
     def finish(self, trigger: Trigger, **data: Any) -> bool:
         """Move to a terminal state and emit its event; False if already finished."""
-        event_type = {
-            Trigger.COMPLETE: "job.completed",
-            Trigger.FAIL: "job.failed",
-            Trigger.STOPPED: "job.cancelled",
-        }[trigger]
         with self._lock:
             if self.state.terminal:
                 return False
+            event_type = _FINAL_EVENTS.get(next_state(self.job_id, self.state, trigger))
+            if event_type is None:
+                raise ValueError(f"{trigger.value!r} does not finish a job")
             if trigger is Trigger.FAIL:
                 self.error = str(data.get("error"))
             if trigger is Trigger.STOPPED:

@@ -5,15 +5,18 @@
             print(event["seq"], event["type"], event["data"])
         await client.pause(job_id)          # the ack's data, or a typed error
 
-The client reconnects after a network loss or a "come back" close code (1006, 1011, 1012,
-4000, 4001, 4008, ...) with jittered exponential backoff, keeps its ``client_id`` (so a
+The client reconnects after a network loss (1006) or a close that
+:class:`~control_plane.core.protocol.CloseCode` says to retry (1011, 1012, 4001, 4008, ...)
+with jittered exponential backoff, keeps its ``client_id`` (so a
 command retried after a reconnect is applied once), and re-subscribes every channel with
 ``since`` = the last seq it saw on that channel and the ``epoch`` it saw, so the stream
-resumes with nothing lost; duplicates are dropped by seq. It answers the server's pings and
-pings the server itself; a connection silent past ``ping_timeout`` is dropped and
+resumes with nothing lost; duplicates are dropped by seq. The server's RFC 6455 pings are
+answered by the ``websockets`` library; the client also pings the server itself (an
+application ``ping``, which measures the round trip); a connection silent past
+``ping_timeout`` is dropped and
 reconnected. When the server cannot recover (``recovered: false``) the stream carries a
 ``client.gap`` event and ``client.recovered`` is False: refresh state. It never retries
-4401/4403 (auth, origin) or 1009 (a frame over the limit).
+4401/4403 (auth, origin), 1009 (a frame over the limit) or a code the gateway does not send.
 :class:`SyncControlPlaneClient` offers the same with blocking calls. No Ray here.
 
 Errors (beside control_plane.core.errors)::
@@ -56,8 +59,12 @@ from control_plane.core.errors import (
     InvalidTransitionError,
     JobNotFoundError,
 )
-from control_plane.core.protocol import utc_now_iso
-from control_plane.core.routing import matches
+from control_plane.core.protocol import (
+    REFUSAL_CODES,
+    receiving_channels,
+    reconnects_after,
+    utc_now_iso,
+)
 from control_plane.gateway.auth import resolve_token
 
 logger = logging.getLogger(__name__)
@@ -65,9 +72,6 @@ logger = logging.getLogger(__name__)
 Event = dict[str, Any]
 T = TypeVar("T")
 
-# Closes that mean "don't come back as you are": protocol errors, a frame over the limit,
-# and every 44xx (auth, origin). Any other close, or a lost network, is retried.
-NO_RETRY_CODES = frozenset({1002, 1003, 1007, 1008, 1009})
 SEEN_WINDOW = 65_536  # seqs remembered for dropping duplicates
 
 
@@ -171,7 +175,8 @@ class _Stream:
     def wants(self, event: Event) -> bool:
         if self.channels is None or event["type"].startswith("client."):
             return True
-        return matches(self.channels, event.get("channel") or "", event["type"])
+        receivers = receiving_channels(event.get("channel") or "", event["type"])
+        return not set(self.channels).isdisjoint(receivers)
 
 
 class ControlPlaneClient:
@@ -409,9 +414,9 @@ class ControlPlaneClient:
                 connected, code, reason = await self._connect_once()
                 if self._closing:
                     return
-                if code in (4401, 4403):
+                if code in REFUSAL_CODES:
                     raise Unauthorized(f"refused with {code}: {reason}", code, reason)
-                if code in NO_RETRY_CODES or (code is not None and 4400 <= code < 4500):
+                if not reconnects_after(code):
                     raise ConnectionLost(f"closed with {code}: {reason}", code, reason)
                 if not self.reconnect:
                     raise ConnectionLost(f"connection lost ({code}): {reason}", code, reason)
@@ -513,10 +518,7 @@ class ControlPlaneClient:
                 except (ValueError, TypeError, KeyError):
                     logger.warning("ignoring a frame that is not a JSON event: %.200r", raw)
                     continue
-                if kind == "ping":  # the id tells the server how far we have read
-                    ping_id = (frame.get("data") or {}).get("ping_id")
-                    await session.ws.send(json.dumps({"type": "pong", "id": ping_id}))
-                elif kind in ("ack", "error", "pong"):
+                if kind in ("ack", "error", "pong"):
                     self._on_reply(frame)
                 elif kind == "welcome":
                     if not session.welcome.done():
@@ -563,9 +565,9 @@ class ControlPlaneClient:
             if not self._seen.add((self.epoch, seq)):
                 self.duplicates += 1
                 return
-            channel, kind = frame.get("channel") or "", frame["type"]
+            receivers = receiving_channels(frame.get("channel") or "", frame["type"])
             for sub, cursor in self._cursors.items():
-                if seq > cursor and matches((sub,), channel, kind):
+                if seq > cursor and sub in receivers:
                     self._cursors[sub] = seq
         self._emit(frame)
 

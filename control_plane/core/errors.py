@@ -1,7 +1,6 @@
 """The control plane's errors, each with a stable wire ``code``.
 
     ControlPlaneError
-    ├── ProtocolError            a client frame we cannot accept (code names the problem)
     ├── AuthError                missing or wrong token, refused origin
     ├── JobNotFoundError         no job with that id
     ├── InvalidTransitionError   a command the job's state does not allow
@@ -12,7 +11,8 @@
     └── CommandError             a command failed on the way (Ray error translated)
 
 Every error pickles with its arguments, so it survives a trip through Ray and comes out
-of ``ray.get`` as the same type.
+of ``ray.get`` as the same type. A client frame the gateway cannot accept is not one of
+these: :class:`control_plane.core.protocol.BadFrame` never leaves the gateway.
 """
 
 from __future__ import annotations
@@ -32,23 +32,12 @@ class ControlPlaneError(Exception):
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), self.__dict__))
 
-    def to_wire(self) -> dict[str, str]:
-        return {"code": self.code, "message": self.message}
-
 
 def _rebuild(cls: type[ControlPlaneError], state: dict[str, Any]) -> ControlPlaneError:
     err = cls.__new__(cls)
     Exception.__init__(err, state.get("message", ""))
     err.__dict__.update(state)
     return err
-
-
-class ProtocolError(ControlPlaneError):
-    """A client frame that is not valid JSON, has an unknown type or wrong fields."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class AuthError(ControlPlaneError):

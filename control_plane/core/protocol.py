@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Mapping
 from enum import IntEnum
+from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -29,24 +31,32 @@ from pydantic import (
     field_validator,
 )
 
+from control_plane.core.jsonwire import dumps
+
 # --- event types -------------------------------------------------------------------------
 
-JOB_EVENT_TYPES = frozenset(
+# The job state each lifecycle event reports; the one table of it. It gives the ``status`` a
+# job event carries when its sender names none, the state the controller's registry moves a
+# job to (``registry``), and, read backwards, the event a job emits on reaching a terminal
+# state (``jobs.context``). Values are ``JobState`` values (``jobs.lifecycle``), as strings
+# because ``jobs`` imports this module, not the other way round; the registry turns them into
+# ``JobState`` at import and tests/unit/test_protocol_facts.py checks them.
+STATE_BY_EVENT: Mapping[str, str] = MappingProxyType(
     {
-        "job.created",
-        "job.started",
-        "job.progress",
-        "job.completed",
-        "job.failed",
-        "job.paused",
-        "job.resumed",
-        "job.cancelled",
+        "job.created": "pending",
+        "job.started": "running",
+        "job.paused": "paused",
+        "job.resumed": "running",
+        "job.completed": "completed",
+        "job.failed": "failed",
+        "job.cancelled": "cancelled",
     }
 )
-AGENT_EVENT_TYPES = frozenset({"agent.started", "agent.output", "agent.completed", "agent.failed"})
-SYSTEM_EVENT_TYPES = frozenset({"system.metrics", "system.alert"})
-# What the ``jobs`` channel carries: every job's lifecycle, not its progress or agents.
-LIFECYCLE_TYPES = JOB_EVENT_TYPES - {"job.progress"}
+# What the ``jobs`` channel carries: every job's lifecycle (the events that set its state),
+# not its progress or agents.
+LIFECYCLE_TYPES = frozenset(STATE_BY_EVENT)
+JOB_EVENT_TYPES = LIFECYCLE_TYPES | {"job.progress"}
+# The lifecycle events of terminal states (``JobState.terminal``; checked by the same test).
 TERMINAL_EVENT_TYPES = frozenset({"job.completed", "job.failed", "job.cancelled"})
 
 SYSTEM_CHANNEL = "system"
@@ -108,6 +118,37 @@ def is_valid_channel(channel: str) -> bool:
     )
 
 
+# --- who receives an event -----------------------------------------------------------------
+#
+# The channel rule, stated once here and followed by the hub's reader filter
+# (``hub_log.taker``), the gateway's subscription index (``routing``), the replay seam
+# (``seam``), the Python client and, ported, the JS client (``cp-client.js``, checked against
+# this by tests/unit/test_protocol_facts.py). Broadcasts and ``client:<id>`` targets are
+# routing, not channels: ``hub_log`` and ``routing`` handle those before asking this.
+
+_LIFECYCLE_RECEIVERS = (ALL_CHANNELS, JOBS_CHANNEL)
+_ANY_RECEIVERS = (ALL_CHANNELS,)
+# Every answer :func:`receivers_of_type` can give, so that a filter can tell once, not per
+# entry, whether its channels take every type (``*``) or none by type (``job:<id>`` only).
+TYPE_RECEIVER_SETS: tuple[tuple[str, ...], ...] = (_LIFECYCLE_RECEIVERS, _ANY_RECEIVERS)
+
+
+def receivers_of_type(event_type: str) -> tuple[str, ...]:
+    """The subscription channels that receive every event of ``event_type``, whatever channel
+    it lives on: ``*`` all of them, ``jobs`` the lifecycle events of every job.
+
+    Split from :func:`receiving_channels` because it depends on the type alone, so a filter
+    that scans many entries (the hub's) can answer it once per type, not once per entry.
+    """
+    return _LIFECYCLE_RECEIVERS if event_type in LIFECYCLE_TYPES else _ANY_RECEIVERS
+
+
+def receiving_channels(channel: str, event_type: str) -> tuple[str, ...]:
+    """The subscription channels that receive an event on ``channel`` of ``event_type``: the
+    channel itself (``job:<id>``, ``system``), then :func:`receivers_of_type`."""
+    return (channel, *receivers_of_type(event_type))
+
+
 # --- close codes ---------------------------------------------------------------------------
 
 
@@ -130,6 +171,37 @@ class CloseCode(IntEnum):
 
 
 _NO_RETRY = frozenset({CloseCode.TOO_BIG, CloseCode.UNAUTHORIZED, CloseCode.FORBIDDEN_ORIGIN})
+
+# Closes that refuse the client's credentials (its token, its page's origin): a client
+# reports them as an auth error, not as a lost connection.
+REFUSAL_CODES = frozenset({CloseCode.UNAUTHORIZED, CloseCode.FORBIDDEN_ORIGIN})
+# RFC 6455's code for a connection that ended without a close frame: a lost network, a
+# killed process. A client library reports it; it is never sent.
+NETWORK_LOSS = 1006
+
+
+# RFC 6455's codes for a peer that broke the protocol: the same client would break it again.
+PROTOCOL_ERRORS = frozenset({1002, 1003, 1007, 1008})
+
+
+def reconnects_after(code: int | None) -> bool:
+    """Whether a client reconnects (and resumes with ``since``) after a close with ``code``.
+
+    Yes after a lost network (1006, or ``None``: the connection was never made), after each
+    code of :class:`CloseCode` whose ``retry`` says so, and after a code the gateway does not
+    send itself (1001 or 1013 from a proxy, 4000 from an older gateway): the gateway behind
+    it may well take the client back. No after the others of :class:`CloseCode`, after an
+    RFC 6455 protocol error and after any 44xx (refusals): coming back as it is would end
+    the same way.
+    """
+    if code is None or code == NETWORK_LOSS:
+        return True
+    if code in PROTOCOL_ERRORS or 4400 <= code < 4500:
+        return False
+    try:
+        return CloseCode(code).retry
+    except ValueError:
+        return True
 
 
 # --- event data models ---------------------------------------------------------------------
@@ -250,7 +322,7 @@ def normalize_event(message: dict[str, Any]) -> dict[str, Any]:
     model = EVENT_DATA_MODELS.get(event_type)
     if model is not None:
         if issubclass(model, JobEventData):
-            data.setdefault("status", _default_status(event_type))
+            data.setdefault("status", status_for(event_type))
         try:
             data = model.model_validate(data).model_dump(exclude_none=False)
         except ValidationError as e:
@@ -261,14 +333,11 @@ def normalize_event(message: dict[str, Any]) -> dict[str, Any]:
     return {"type": event_type, "timestamp": timestamp, "data": data}
 
 
-def _default_status(event_type: str) -> str:
-    return {
-        "job.created": "pending",
-        "job.completed": "completed",
-        "job.failed": "failed",
-        "job.paused": "paused",
-        "job.cancelled": "cancelled",
-    }.get(event_type, "running")
+def status_for(event_type: str) -> str:
+    """The ``status`` a job or agent event carries when its sender names none: the state its
+    type reports (:data:`STATE_BY_EVENT`), else ``running``, as progress and agent events
+    come from a running body."""
+    return STATE_BY_EVENT.get(event_type, "running")
 
 
 def make_event(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -277,7 +346,8 @@ def make_event(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
 
 
 def encode(frame: dict[str, Any]) -> str:
-    return json.dumps(frame, separators=(",", ":"), default=str)
+    """A reply frame's text, in the one wire encoding the hub's events use too."""
+    return dumps(frame)
 
 
 # --- replies -------------------------------------------------------------------------------

@@ -14,19 +14,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from control_plane.core.protocol import STATE_BY_EVENT
 from jobs.lifecycle import JobState, JobStatus
 
 RECENT_OUTPUTS = 10
 
-_STATE_BY_EVENT = {
-    "job.created": JobState.PENDING,
-    "job.started": JobState.RUNNING,
-    "job.paused": JobState.PAUSED,
-    "job.resumed": JobState.RUNNING,
-    "job.completed": JobState.COMPLETED,
-    "job.failed": JobState.FAILED,
-    "job.cancelled": JobState.CANCELLED,
-}
+# The protocol's one table, as JobState members (an unknown state fails here, at import).
+_STATE_BY_EVENT = {event: JobState(state) for event, state in STATE_BY_EVENT.items()}
 
 
 @dataclass

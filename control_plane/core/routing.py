@@ -1,9 +1,11 @@
 """Which sockets get which event: the subscription index. No Ray, no sockets.
 
 A client subscribes to channels: ``job:<id>`` (every event of that job and its agents),
-``jobs`` (every job's lifecycle events), ``system`` and ``*`` (all). An event lives on one
-channel; the index answers "who receives this entry" in time proportional to the answer,
-not to the number of clients, so a fan-out to many sockets stays cheap.
+``jobs`` (every job's lifecycle events), ``system`` and ``*`` (all); which of them receive an
+event is :func:`~control_plane.core.protocol.receiving_channels`, the one statement of that
+rule. An event lives on one channel; the index answers "who receives this entry" in time
+proportional to the answer, not to the number of clients, so a fan-out to many sockets stays
+cheap.
 """
 
 from __future__ import annotations
@@ -12,17 +14,12 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 from control_plane.core.hub_log import CLIENT_TARGET_PREFIX, TARGET_ALL, LogEntry
-from control_plane.core.protocol import ALL_CHANNELS, JOBS_CHANNEL, LIFECYCLE_TYPES
+from control_plane.core.protocol import receiving_channels
 
 
 def matches(channels: Iterable[str], channel: str, event_type: str) -> bool:
     """Whether a subscription to ``channels`` receives an event on ``channel``."""
-    subs = set(channels)
-    return (
-        ALL_CHANNELS in subs
-        or channel in subs
-        or (JOBS_CHANNEL in subs and event_type in LIFECYCLE_TYPES)
-    )
+    return not set(channels).isdisjoint(receiving_channels(channel, event_type))
 
 
 class SubscriptionIndex:
@@ -84,8 +81,9 @@ class SubscriptionIndex:
         if entry.target.startswith(CLIENT_TARGET_PREFIX):
             client_id = entry.target[len(CLIENT_TARGET_PREFIX) :]
             return {client_id} if client_id in self._by_client else set()
-        out = set(self._by_channel.get(entry.channel, ()))
-        out |= self._by_channel.get(ALL_CHANNELS, set())
-        if entry.type in LIFECYCLE_TYPES:
-            out |= self._by_channel.get(JOBS_CHANNEL, set())
+        out: set[str] = set()
+        for channel in receiving_channels(entry.channel, entry.type):
+            holders = self._by_channel.get(channel)
+            if holders:
+                out |= holders
         return out

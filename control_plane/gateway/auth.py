@@ -22,10 +22,6 @@ TOKEN_ENV = "CONTROL_PLANE_TOKEN"
 COOKIE_NAME = "cp_token"
 TOKEN_FILE = Path.home() / ".control_plane" / "token"
 
-# WebSocket close codes for refused handshakes: a client must not retry these as they are.
-CLOSE_UNAUTHORIZED = 4401
-CLOSE_FORBIDDEN_ORIGIN = 4403
-
 
 def resolve_token(token: str | None = None, token_file: Path | None = None) -> str:
     """The token to require: explicit, else the environment, else the kept (or a new) one."""

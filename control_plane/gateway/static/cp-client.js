@@ -9,8 +9,9 @@
  *   await cp.pause(jobId);                            // the ack's data, or an Error with .code
  *
  * It answers the server's pings and pings the server itself (a silent socket is dropped),
- * reconnects with jittered exponential backoff after a network loss or a "come back" close
- * (1006, 1011, 1012, 4000, 4001, 4008, ...), never after 4401/4403 or 1009, keeps its
+ * reconnects with jittered exponential backoff after a network loss (1006) or a close that
+ * protocol.CloseCode says to retry (1000, 1011, 1012, 4001, 4008), never after 4401/4403,
+ * 1009 or a code the gateway does not send, keeps its
  * client_id (a command retried after a reconnect is applied once) and re-subscribes every
  * channel with since = the last seq it saw on that channel and the epoch it saw: the stream
  * resumes with nothing lost, and duplicates are dropped by seq. When the server cannot vouch for the
@@ -19,16 +20,52 @@
 (function (root) {
   "use strict";
 
-  var NO_RETRY = [1002, 1003, 1007, 1008, 1009];
   var SEEN_WINDOW = 65536;
   var STATES = ["connecting", "connected", "reconnecting", "closed"];
-  // What the "jobs" channel carries (protocol.LIFECYCLE_TYPES): every job's lifecycle.
+
+  // Ports of control_plane/core/protocol.py; tests/unit/test_protocol_facts.py runs this file
+  // under node and checks each against the Python source, so they cannot drift apart.
+
+  // protocol.LIFECYCLE_TYPES: what the "jobs" channel carries, every job's lifecycle.
   var LIFECYCLE = ["job.created", "job.started", "job.completed", "job.failed", "job.paused",
     "job.resumed", "job.cancelled"];
+  // protocol.CloseCode, by its members' names in lower case.
+  var CLOSE_CODES = {normal: 1000, too_big: 1009, server_error: 1011, restarting: 1012,
+    no_subscribe: 4001, slow_consumer: 4008, unauthorized: 4401, forbidden_origin: 4403};
+  // The codes of CloseCode whose retry is false: coming back as it is would end the same way.
+  var NO_RETRY = [1009, 4401, 4403];
+  // protocol.REFUSAL_CODES: the token or the page's origin was refused.
+  var REFUSED = [4401, 4403];
+  // protocol.NETWORK_LOSS: RFC 6455's code for a socket that ended without a close frame.
+  var NETWORK_LOSS = 1006;
 
-  function matches(channel, event) {
-    return channel === "*" || channel === event.channel ||
-      (channel === "jobs" && LIFECYCLE.indexOf(event.type) >= 0);
+  /* protocol.receiving_channels: the subscription channels that receive an event on
+   * `channel` of `type`: the channel itself, "*", and "jobs" for a lifecycle type. */
+  function receivingChannels(channel, type) {
+    return LIFECYCLE.indexOf(type) >= 0 ? [channel, "*", "jobs"] : [channel, "*"];
+  }
+
+  /* Whether a subscription to `subscription` receives `event` ({channel, type}). */
+  function matches(subscription, event) {
+    return receivingChannels(event.channel || "", event.type).indexOf(subscription) >= 0;
+  }
+
+  // protocol.PROTOCOL_ERRORS: RFC 6455's codes for a peer that broke the protocol.
+  var PROTOCOL_ERRORS = [1002, 1003, 1007, 1008];
+
+  /* protocol.reconnects_after: after a lost network, a code CloseCode says to retry, or a
+   * code the gateway does not send itself (a proxy's 1001); never after a protocol error,
+   * a CloseCode that says no, or any 44xx. */
+  function reconnectsAfter(code) {
+    if (code == null || code === NETWORK_LOSS) return true;
+    if (PROTOCOL_ERRORS.indexOf(code) >= 0 || (code >= 4400 && code < 4500)) return false;
+    return NO_RETRY.indexOf(code) < 0;
+  }
+
+  /* The CloseCode name of `code` ("unauthorized"), or null for a code the gateway never sends. */
+  function closeName(code) {
+    for (var name in CLOSE_CODES) if (CLOSE_CODES[name] === code) return name;
+    return null;
   }
 
   function cpError(code, message, extra) {
@@ -246,7 +283,7 @@
 
     _heartbeat(session) {
       if (Date.now() - session.lastHeard > this.pingTimeout) {
-        this._abandon(session, 4000, "no frame from the server in time");
+        this._abandon(session, NETWORK_LOSS, "no frame from the server in time");
       } else if (session.ws.readyState === WebSocket.OPEN) {
         session.ws.send('{"type":"ping"}');
       }
@@ -268,12 +305,11 @@
       this._pending.forEach(function (p) { p.reject(cpError("dropped", "connection lost")); });
       this._pending.clear();
       if (this._closing) return this._finish(null);
-      if (code === 4401 || code === 4403) {
-        var what = code === 4401 ? "unauthorized" : "forbidden_origin";
-        return this._finish(cpError(what, "refused with " + code + ": " + reason,
+      if (REFUSED.indexOf(code) >= 0) {
+        return this._finish(cpError(closeName(code), "refused with " + code + ": " + reason,
           {closeCode: code}));
       }
-      if (NO_RETRY.indexOf(code) >= 0 || (code >= 4400 && code < 4500) || !this.reconnect) {
+      if (!reconnectsAfter(code) || !this.reconnect) {
         return this._finish(cpError("connection_lost", "closed with " + code + ": " + reason,
           {closeCode: code}));
       }
@@ -359,8 +395,9 @@
           var seen = this._seen;
           this._seenOrder.splice(0, SEEN_WINDOW / 4).forEach(function (k) { seen.delete(k); });
         }
+        var receivers = receivingChannels(event.channel || "", event.type);
         this.cursors.forEach((cursor, c) => {
-          if (event.seq > cursor && matches(c, event)) this.cursors.set(c, event.seq);
+          if (event.seq > cursor && receivers.indexOf(c) >= 0) this.cursors.set(c, event.seq);
         });
       }
       this._dispatch(event.type, event);
@@ -383,6 +420,15 @@
   }
 
   ControlPlaneClient.STATES = STATES;
+  // The protocol facts above, for tests/unit/test_protocol_facts.py (and curious pages).
+  ControlPlaneClient.LIFECYCLE = LIFECYCLE;
+  ControlPlaneClient.CLOSE_CODES = CLOSE_CODES;
+  ControlPlaneClient.NO_RETRY = NO_RETRY;
+  ControlPlaneClient.REFUSED = REFUSED;
+  ControlPlaneClient.NETWORK_LOSS = NETWORK_LOSS;
+  ControlPlaneClient.receivingChannels = receivingChannels;
+  ControlPlaneClient.matches = matches;
+  ControlPlaneClient.reconnectsAfter = reconnectsAfter;
   root.ControlPlaneClient = ControlPlaneClient;
   if (typeof module === "object" && module.exports) module.exports = ControlPlaneClient;
 })(typeof window !== "undefined" ? window : this);
