@@ -98,9 +98,11 @@ class EventHub:
         channels: list[str],
         epoch: str | None = None,
         client_id: str | None = None,
+        upto: int | None = None,
     ) -> dict[str, Any]:
-        """What :meth:`EventLog.replay` says: the entries a subscribe with ``since`` missed."""
-        return self._log.replay(after_seq, channels, epoch, client_id)
+        """What :meth:`EventLog.replay` says: the entries a subscribe with ``since`` (or a
+        socket catching up) missed."""
+        return self._log.replay(after_seq, channels, epoch, client_id, upto)
 
     async def fail_listens(self, reader_prefix: str, count: int, message: str) -> None:
         """Fault injection for tests: the next ``count`` listens of readers whose id starts
@@ -160,10 +162,15 @@ class RayHub:
         await self.handle.drop_reader.remote(reader)
 
     async def replay(
-        self, after_seq: int, channels: list[str], epoch: str | None, client_id: str | None
+        self,
+        after_seq: int,
+        channels: list[str],
+        epoch: str | None,
+        client_id: str | None,
+        upto: int | None = None,
     ) -> dict[str, Any]:
         reply: dict[str, Any] = await self.handle.replay.remote(
-            after_seq, channels, epoch, client_id
+            after_seq, channels, epoch, client_id, upto
         )
         return reply
 

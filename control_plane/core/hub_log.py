@@ -350,9 +350,11 @@ class EventLog:
         channels: list[str],
         epoch: str | None = None,
         client_id: str | None = None,
+        upto: int | None = None,
     ) -> dict[str, Any]:
-        """Retained entries after ``after_seq`` for a subscribe with ``since``: those on
-        ``channels``, broadcasts, and those sent to ``client_id``.
+        """Retained entries after ``after_seq`` (up to ``upto``) for a subscribe with
+        ``since`` or a socket catching up: those on ``channels``, broadcasts, and those sent
+        to ``client_id``.
 
         ``recovered`` is False when the history no longer reaches back to ``after_seq`` or
         the caller's epoch is not this log's; a cursor from another epoch means nothing
@@ -363,7 +365,9 @@ class EventLog:
             after_seq = 0
         recovered = self.covers(after_seq) and not other_epoch
         mine = frozenset((client_id,) if client_id else ())
-        entries = self.read_taken(after_seq, ReaderFilter(frozenset(channels), clients=mine))
+        limit = None if upto is None else max(0, upto - after_seq)
+        wanted = ReaderFilter(frozenset(channels), clients=mine)
+        entries = self.read_taken(after_seq, wanted, limit)
         return {
             "epoch": self.epoch,
             "entries": entries,

@@ -44,6 +44,13 @@ class Outbox:
             await self._room.wait()
         return self.push(frame, reply=True)
 
+    async def room(self, below: int) -> bool:
+        """Wait until fewer than ``below`` frames are queued; False when the outbox closed."""
+        while len(self._frames) >= below and not self.closed:
+            self._room.clear()
+            await self._room.wait()
+        return not self.closed
+
     async def get(self) -> str | None:
         """The next frame, or None once closed and empty."""
         while not self._frames:
@@ -53,7 +60,7 @@ class Outbox:
             await self._readable.wait()
         frame = self._frames.popleft()
         if len(self._frames) < self.limit:
-            self._room.set()
+            self._room.set()  # waiters check their own mark again
         return frame
 
     def close(self, discard: bool = False) -> None:

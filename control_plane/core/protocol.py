@@ -7,7 +7,7 @@ Server to client, the envelope::
 
 Client to server: ``subscribe``, ``unsubscribe``, ``job.pause|resume|cancel``, ``ping`` and
 ``pong``, a discriminated union on ``type`` with ``extra="forbid"`` so that a wrong field is
-named in the ``error`` reply. This module imports nothing else of ours.
+named in the ``error`` reply. It imports nothing of ours but the leaf ``jsonwire``.
 """
 
 from __future__ import annotations
@@ -285,9 +285,11 @@ EVENT_DATA_MODELS: dict[str, type[_EventData]] = {
 
 
 class Event(BaseModel):
-    """One server-to-client frame. ``seq`` and ``channel`` are set on every hub event."""
+    """One server-to-client frame. ``seq`` and ``channel`` are set on every hub event, which
+    also carries its ``data`` fields at the top level (the seed's client reads them there),
+    so keys beyond the envelope's are allowed."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="allow")
 
     type: str
     timestamp: str

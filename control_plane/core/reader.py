@@ -56,7 +56,12 @@ class HubPort(Protocol):
     async def drop_reader(self, reader: str) -> None: ...
 
     async def replay(
-        self, after_seq: int, channels: list[str], epoch: str | None, client_id: str | None
+        self,
+        after_seq: int,
+        channels: list[str],
+        epoch: str | None,
+        client_id: str | None,
+        upto: int | None = None,
     ) -> dict[str, Any]: ...
 
 

@@ -14,8 +14,18 @@ of the subscribe, ``live_from``). Two things make that exactly once:
   replays and the held entries in seq order, each seq once. Its states::
 
       LIVE ──hold()──▶ HOLDING ──last replay in──▶ DRAINING ──buffer empty──▶ LIVE
-                        ▲   │ hold()                   │ hold()
-                        └───┘◀─────────────────────────┘
+       │                ▲   │ hold()                   │ hold()
+       │                └───┘◀─────────────────────────┘
+       │ queue full     ▲ last round: hold()
+       └──────────▶ CATCHING_UP ◀─┐ rounds of the hub's history, live entries dropped
+                           └──────┘
+
+A socket whose send queue overflows while it reads is not cut off: it goes on from the hub's
+history, which is the buffer (Kafka consumers and Centrifugo's recovery read the log the
+same way). Live entries are dropped meanwhile, rounds of history are read after its last
+queued entry as the writer makes room, and the last round holds live entries and merges them
+like a replay. Only a client that the history leaves behind, or that reads nothing, is
+closed as slow.
 
 ``tests/unit/test_seam.py`` drives both, with the subscription index and a log, through
 random interleavings of subscribes, unsubscribes, live batches and replies (hypothesis).
@@ -87,6 +97,10 @@ class Coverage:
         """Whether the socket was given ``entry`` already (through any key)."""
         return any(self.covers(key, entry.seq) for key in coverage_keys(entry))
 
+    def given_before(self, entry: LogEntry) -> bool:
+        """Whether a closed range (a replay, a live period that ended) holds ``entry``."""
+        return any(self.covered_before(key, entry.seq) for key in coverage_keys(entry))
+
 
 class Offer(StrEnum):
     SEND = "send"  # queue it now
@@ -98,6 +112,7 @@ class MergeState(StrEnum):
     LIVE = "live"  # live entries go straight to the socket
     HOLDING = "holding"  # replays are being read: live entries wait, in order
     DRAINING = "draining"  # replays and held entries go out in seq order
+    CATCHING_UP = "catching up"  # its queue overflowed: it reads from the hub's history
 
 
 class ReplayMerge:
@@ -119,15 +134,23 @@ class ReplayMerge:
     def hold(self) -> None:
         """A replay is being read: hold live entries until it is in."""
         self._pending += 1
-        if self.state is MergeState.LIVE:
+        if self.state in (MergeState.LIVE, MergeState.CATCHING_UP):
             self.state = MergeState.HOLDING
 
-    def live(self, entry: LogEntry) -> bool:
-        """True: send ``entry`` now. False: it is held (see :attr:`overflowing`)."""
+    def live(self, entry: LogEntry) -> Offer:
+        """SEND ``entry`` now, or it is HELD (see :attr:`overflowing`), or DROPped while
+        catching up (a round of history brings it)."""
         if self.state is MergeState.LIVE:
-            return True
+            return Offer.SEND
+        if self.state is MergeState.CATCHING_UP:
+            return Offer.DROP
         self._held[entry.seq] = entry
-        return False
+        return Offer.HELD
+
+    def catch_up(self) -> None:
+        """The send queue overflowed (only a LIVE socket's can): read the history instead."""
+        assert self.state is MergeState.LIVE and not self._held, self.state
+        self.state = MergeState.CATCHING_UP
 
     @property
     def overflowing(self) -> bool:
@@ -171,6 +194,7 @@ class SocketSeam:
         # live entries up to ``floor``, the highest one, are checked against what it said.
         self.claimed = Coverage()
         self.floor = 0
+        self.resume_after = 0  # catching up: every entry up to it was queued
 
     def went_live(self, cursor: int) -> None:
         """The socket gets broadcasts and its own ``send_to_client`` events after ``cursor``."""
@@ -191,8 +215,11 @@ class SocketSeam:
             self.merge.hold()
 
     def unsubscribed(self, channels: Iterable[str], cursor: int) -> None:
+        """``channels`` stop; the socket was given their entries up to the reader's
+        ``cursor``, or, catching up, up to the last one queued."""
+        at = min(cursor, self.resume_after) if self.catching_up else cursor
         for channel in channels:
-            self.coverage.close(channel, cursor)
+            self.coverage.close(channel, at)
 
     def replayed(
         self,
@@ -222,7 +249,47 @@ class SocketSeam:
         """What to do with a live entry for this socket."""
         if self._has(entry):
             return Offer.DROP
-        return Offer.SEND if self.merge.live(entry) else Offer.HELD
+        return self.merge.live(entry)
+
+    # --- catching up -----------------------------------------------------------------------
+
+    @property
+    def catching_up(self) -> bool:
+        return self.merge.state is MergeState.CATCHING_UP
+
+    def fell_behind(self, entry: LogEntry) -> bool:
+        """``entry`` found the send queue full. True: catch up from the history after the
+        entry before it (the caller starts the rounds); False: it cannot (a replay is under
+        way), and the socket is closed as slow."""
+        if self.merge.state is not MergeState.LIVE:
+            return False
+        self.merge.catch_up()
+        self.resume_after = entry.seq - 1
+        return True
+
+    def catch_up_round(self, cursor: int, chunk: int) -> tuple[int, int, bool]:
+        """The next round: read the history in ``(after, upto]``. The last round (it reaches
+        the reader's ``cursor``) holds live entries from now on, as a replay does."""
+        after = self.resume_after
+        last = cursor - after <= chunk
+        if last:
+            self.merge.hold()
+        return after, (cursor if last else after + chunk), last
+
+    def caught_up(
+        self, entries: Iterable[LogEntry], upto: int, last: bool
+    ) -> tuple[list[LogEntry], bool]:
+        """A round is in: (the entries to queue now, whether to drain now). The last round's
+        entries go through the merge with the held ones."""
+        kept = [
+            e
+            for e in entries
+            if e.seq <= upto and not self._has(e) and not self.coverage.given_before(e)
+        ]
+        self.resume_after = upto
+        if last:
+            return [], self.merge.replayed(kept)
+        return kept, False
 
     def next_batch(self) -> list[LogEntry]:
         """The next batch of the drain (see :meth:`ReplayMerge.next_batch`), without what

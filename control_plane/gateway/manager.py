@@ -32,7 +32,7 @@ from control_plane.gateway.session import CommandRunner, Session, SnapshotSource
 
 logger = logging.getLogger(__name__)
 
-LISTEN_BATCH = 4096  # entries per hub listen, at most half a send queue (see _batch)
+LISTEN_BATCH = 4096  # entries per hub listen
 
 __all__ = ["SocketConfig", "WebSocketManager", "get_ws_manager"]
 
@@ -49,6 +49,7 @@ class WebSocketManager:
         self._commands: CommandRunner | None = None
         self._snapshots: SnapshotSource | None = None
         self.slow_closed = 0
+        self.catch_ups = 0  # times a socket went on from the history when its queue filled
         self._delivered_gone = 0  # frames delivered to sessions that are gone
 
     def configure(
@@ -64,16 +65,13 @@ class WebSocketManager:
         self._hub_actor = hub_actor
         self._commands = commands
         self._snapshots = snapshots
-        # A whole listen batch must fit in half an empty send queue, so that one batch of a
-        # job flat out never overflows a client that reads at full speed.
-        batch = max(1, min(LISTEN_BATCH, config.send_queue_size // 2))
         self.reader = HubReader(
             hub,
             f"gateway-{uuid.uuid4().hex[:12]}",
             self.deliver,
             self._on_reset,
             wanted=self._wanted(),
-            batch=batch,
+            batch=LISTEN_BATCH,
         )
 
     def start(self) -> None:
@@ -180,9 +178,14 @@ class WebSocketManager:
         return ReaderFilter(frozenset(self.index.channels()))
 
     async def replay(
-        self, since: int, channels: list[str], epoch: str | None, client_id: str
+        self,
+        since: int,
+        channels: list[str],
+        epoch: str | None,
+        client_id: str,
+        upto: int | None = None,
     ) -> dict[str, Any]:
-        return await self._reader().hub.replay(since, channels, epoch, client_id)
+        return await self._reader().hub.replay(since, channels, epoch, client_id, upto)
 
     async def snapshot(self, job_id: str) -> dict[str, Any] | None:
         return await self._snapshots(job_id) if self._snapshots is not None else None
@@ -231,6 +234,7 @@ class WebSocketManager:
             "received": reader.received if reader is not None else 0,
             "delivered": delivered,
             "slow_closed": self.slow_closed,
+            "catch_ups": self.catch_ups,
             "epoch": self.epoch,
             "cursor": reader.cursor if reader is not None else 0,
             "channels": len(reader.wanted.channels) if reader is not None else 0,

@@ -98,6 +98,9 @@ class Session:
         self.close_code: int | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
+        self._catcher: asyncio.Task[None] | None = None
+        self._caught_up = asyncio.Event()  # clear while catching up: subscribes wait
+        self._caught_up.set()
         self._requests: set[asyncio.Task[None]] = set()
 
     @property
@@ -124,8 +127,10 @@ class Session:
         except* Exception:
             logger.exception("socket %s failed", self.client_id)
         finally:
-            for task in self._requests:
-                task.cancel()
+            for request in self._requests:
+                request.cancel()
+            if self._catcher is not None:
+                self._catcher.cancel()
             self.manager.forget(self)
             if self._closer is not None:
                 with contextlib.suppress(Exception):
@@ -140,7 +145,7 @@ class Session:
             return
         offer = self.seam.live(entry)
         if offer is Offer.SEND:
-            self._queue(entry.frame)
+            self._queue(entry)
         elif offer is Offer.HELD and self.seam.merge.overflowing:
             self._slow(f"{len(self.seam.merge)} events held back behind a replay")
 
@@ -149,11 +154,51 @@ class Session:
         if not self.closing and not self.outbox.push(encode(frame), reply=True):
             self._slow("no room for a reply")
 
-    def _queue(self, frame: str) -> None:
-        if self.outbox.push(frame):
+    def _queue(self, entry: LogEntry) -> None:
+        if self.outbox.push(entry.frame):
             self.delivered += 1
+        elif self.seam.fell_behind(entry):
+            # It reads, but the events come faster: go on from the hub's history.
+            self.manager.catch_ups += 1
+            self._caught_up.clear()
+            self._catcher = asyncio.get_running_loop().create_task(self._catch_up())
         else:
             self._slow(f"{len(self.outbox)} events queued")
+
+    async def _catch_up(self) -> None:
+        """Rounds of the hub's history after the last queued entry, each when the writer
+        has made room, until the socket is live again (``core/seam.py`` says how)."""
+        cfg, seam = self.config, self.seam
+        try:
+            while seam.catching_up and not self.closing:
+                try:
+                    async with asyncio.timeout(cfg.max_lag):
+                        if not await self.outbox.room(below=max(1, cfg.send_queue_size // 2)):
+                            return
+                except TimeoutError:
+                    self._slow(f"no room to catch up in {cfg.max_lag:g} s")
+                    return
+                reader = self.manager.reader
+                assert reader is not None
+                after, upto, last = seam.catch_up_round(reader.cursor, cfg.send_queue_size)
+                channels = sorted(self.manager.index.channels_of(self.client_id))
+                reply = await self.manager.replay(after, channels, None, self.client_id, upto)
+                if not reply["recovered"] or reply["epoch"] != self.manager.epoch:
+                    self._slow(f"fell behind the history (after {after}, oldest {reply['oldest']})")
+                    return
+                entries, drain = seam.caught_up(reply["entries"], upto, last)
+                for entry in entries:
+                    if not await self._put(entry):
+                        return
+                if drain:
+                    await self._drain()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("catching up %s failed", self.client_id)
+            self._slow("catching up failed")
+        finally:
+            self._caught_up.set()
 
     def _slow(self, why: str) -> None:
         if self.closing:
@@ -269,6 +314,7 @@ class Session:
         if self.state is SessionState.OPEN:
             self.state = SessionState.SUBSCRIBED
         self.heartbeat.subscribed = True
+        await self._caught_up.wait()  # a socket catching up subscribes once it is live
         live_from = self.manager.add_channels(self, msg.channels)
         self.seam.subscribed(msg.channels, live_from, msg.since)
         if msg.since is None:
@@ -314,16 +360,22 @@ class Session:
         frame for ``max_lag`` is slow."""
         while batch := self.seam.next_batch():
             for entry in batch:
-                if self.closing:
+                if not await self._put(entry):
                     return
-                try:
-                    async with asyncio.timeout(self.config.max_lag):
-                        if not await self.outbox.put(entry.frame):
-                            return
-                except TimeoutError:
-                    self._slow(f"no room for a replay in {self.config.max_lag:g} s")
-                    return
-                self.delivered += 1
+
+    async def _put(self, entry: LogEntry) -> bool:
+        """Queue a replayed entry, waiting for room; False when the socket is closing."""
+        if self.closing:
+            return False
+        try:
+            async with asyncio.timeout(self.config.max_lag):
+                if not await self.outbox.put(entry.frame):
+                    return False
+        except TimeoutError:
+            self._slow(f"no room for a replay in {self.config.max_lag:g} s")
+            return False
+        self.delivered += 1
+        return True
 
     async def _send_snapshots(self, channels: list[str]) -> None:
         for channel in channels:

@@ -52,10 +52,15 @@ class LogHub:
         self.log.drop_reader(reader)
 
     async def replay(
-        self, after_seq: int, channels: list[str], epoch: str | None, client_id: str | None
+        self,
+        after_seq: int,
+        channels: list[str],
+        epoch: str | None,
+        client_id: str | None,
+        upto: int | None = None,
     ) -> dict[str, Any]:
         self._call("replay")
-        return self.log.replay(after_seq, channels, epoch, client_id)
+        return self.log.replay(after_seq, channels, epoch, client_id, upto)
 
     def emit(self, job_id: str, count: int = 1, event_type: str = "job.progress") -> list[int]:
         """Append ``count`` events of a job; return their seqs."""

@@ -66,14 +66,14 @@ def test_reopening_a_live_key_keeps_its_older_start_and_replays_add_ranges() -> 
 
 def test_the_merge_holds_live_entries_during_a_replay_then_gives_all_in_seq_order() -> None:
     m = ReplayMerge(max_held=100)
-    assert m.live(entry(1))  # live: send now
+    assert m.live(entry(1)) is Offer.SEND
     m.hold()
     assert m.state is MergeState.HOLDING
-    assert not m.live(entry(9)) and not m.live(entry(7))
+    assert m.live(entry(9)) is m.live(entry(7)) is Offer.HELD
     assert m.replayed([entry(3), entry(2), entry(7)])  # the last replay in: drain
     assert m.state is MergeState.DRAINING
     assert [e.seq for e in m.next_batch()] == [2, 3, 7, 9]
-    assert not m.live(entry(10))  # held while draining
+    assert m.live(entry(10)) is Offer.HELD  # held while draining
     assert [e.seq for e in m.next_batch()] == [10]
     assert m.next_batch() == [] and m.state is MergeState.LIVE
 
@@ -94,6 +94,29 @@ def test_two_replays_drain_once_when_both_are_in() -> None:
     m.hold()
     assert not m.replayed([entry(5)])
     assert m.replayed([entry(4)])
+
+
+def test_a_socket_catching_up_drops_live_entries_until_its_last_round_holds_them() -> None:
+    seam = SocketSeam(max_held=100)
+    seam.subscribed(["job:a"], 0, None)
+    assert seam.live(entry(1)) is Offer.SEND
+    assert seam.fell_behind(entry(2))  # its queue is full: it reads the history from 1 on
+    assert seam.live(entry(3)) is Offer.DROP
+    assert seam.catch_up_round(cursor=10, chunk=4) == (1, 5, False)
+    kept, drain = seam.caught_up([entry(q) for q in range(2, 6)], 5, False)
+    assert [e.seq for e in kept] == [2, 3, 4, 5] and not drain
+    assert seam.catch_up_round(cursor=10, chunk=8) == (5, 10, True)
+    assert seam.live(entry(11)) is Offer.HELD  # after the reader's cursor: held
+    kept, drain = seam.caught_up([entry(q) for q in range(6, 11)], 10, True)
+    assert kept == [] and drain
+    assert [e.seq for e in seam.next_batch()] == [6, 7, 8, 9, 10, 11]
+    assert seam.next_batch() == [] and seam.live(entry(12)) is Offer.SEND
+
+
+def test_a_socket_cannot_catch_up_while_a_replay_is_under_way() -> None:
+    seam = SocketSeam(max_held=100)
+    seam.subscribed(["job:a"], 0, since=0)
+    assert not seam.fell_behind(entry(1))
 
 
 def test_the_merge_says_when_it_holds_too_much() -> None:
@@ -120,6 +143,8 @@ class Sock:
     draining: bool = False
     # (channels, since, how many frames were sent before that subscribe)
     claims: list[tuple[list[str], int, int]] = field(default_factory=list)
+    full: bool = False  # its send queue is full: the next live entry overflows it
+    closed: bool = False  # closed as slow: it is owed nothing more
 
 
 @dataclass
@@ -146,12 +171,20 @@ class Replica:
         for e in self.log.read(self.cursor, n):
             for client in self.index.recipients(e):
                 sock = self.socks[client]
-                if sock.seam.live(e) is Offer.SEND:
+                if sock.closed or sock.seam.live(e) is not Offer.SEND:
+                    continue
+                if not sock.full:
                     sock.sent.append(e.seq)
+                elif sock.seam.fell_behind(e):
+                    sock.full = False  # the writer makes room; rounds of history follow
+                else:
+                    sock.closed = True
             self.cursor = e.seq
 
     def subscribe(self, client: str, channels: list[str], since: int | None) -> None:
         sock = self.socks[client]
+        if sock.seam.catching_up:
+            return  # a real session's subscribe waits until it caught up
         held = self.index.channels_of(client)
         self.index.subscribe(client, channels)
         live_from = self.cursor
@@ -178,6 +211,17 @@ class Replica:
         _, drain = sock.seam.replayed(channels, entries, start=since, live_from=live_from)
         sock.draining = sock.draining or drain
 
+    def catch_up_round(self, client: str, chunk: int) -> None:
+        sock = self.socks[client]
+        if not sock.seam.catching_up:
+            return
+        after, upto, last = sock.seam.catch_up_round(self.cursor, chunk)
+        channels = sorted(self.index.channels_of(client))
+        reply = self.log.replay(after, channels, None, client, upto)
+        kept, drain = sock.seam.caught_up(reply["entries"], upto, last)
+        sock.sent.extend(e.seq for e in kept)
+        sock.draining = sock.draining or drain
+
     def drain_step(self, client: str) -> None:
         sock = self.socks[client]
         if not sock.draining:
@@ -192,6 +236,8 @@ class Replica:
             self.reply(0)
         self.deliver(10**9)
         for client in self.socks:
+            while self.socks[client].seam.catching_up:
+                self.catch_up_round(client, 5)
             while self.socks[client].draining:
                 self.drain_step(client)
 
@@ -217,6 +263,8 @@ unsubscribe_op = st.tuples(
 )
 reply_op = st.tuples(st.just("reply"), st.integers(0, 10))
 drain_op = st.tuples(st.just("drain"), st.sampled_from(CLIENTS))
+overflow_op = st.tuples(st.just("overflow"), st.sampled_from(CLIENTS))
+round_op = st.tuples(st.just("round"), st.sampled_from(CLIENTS), st.integers(1, 8))
 # Weighted towards what makes seams: events, live batches, subscribes and their replies.
 operation = st.one_of(
     append_op,
@@ -229,6 +277,8 @@ operation = st.one_of(
     reply_op,
     reply_op,
     drain_op,
+    overflow_op,
+    round_op,
 )
 
 
@@ -265,6 +315,10 @@ def test_any_interleaving_gives_each_socket_each_seq_once_and_no_gap(ops: list[t
             r.reply(*args)
         elif kind == "drain":
             r.drain_step(*args)
+        elif kind == "overflow":
+            r.socks[args[0]].full = True
+        elif kind == "round":
+            r.catch_up_round(*args)
     r.settle()
     log = {e.seq: e for e in r.log.read(0)}
 
@@ -275,6 +329,8 @@ def test_any_interleaving_gives_each_socket_each_seq_once_and_no_gap(ops: list[t
 
     for client, sock in r.socks.items():
         assert len(sock.sent) == len(set(sock.sent)), f"{client} got a seq twice: {sock.sent}"
+        if sock.closed:
+            continue  # closed as slow: it resumes with since on a new socket
         had = set(sock.sent)
         for channels, since, sent_before in sock.claims:
             claimed = {q for q, e in log.items() if q <= since and reaches(client, channels, e)}

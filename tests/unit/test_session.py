@@ -271,3 +271,45 @@ async def test_a_client_that_hangs_up_is_forgotten_and_its_channels_leave_the_fi
     await asyncio.wait_for(task, 5)
     assert "gone" not in manager.sessions
     assert "job:zz" not in manager.reader.wanted.channels
+
+
+async def test_a_client_slower_than_its_events_catches_up_from_the_history_each_seq_once(
+    manager, hub
+):
+    ws, task = await open_socket(manager, "reader")
+    await subscribe(ws, "job:a", "system")
+    ws.reading.clear()
+    seqs = []
+    for _ in range(10):  # ten queues' worth while it reads nothing, with others between
+        seqs += hub.emit("a", CONFIG.send_queue_size)
+        hub.emit("b", 3)
+        await asyncio.sleep(0.01)
+    ws.reading.set()  # it reads again, well within max_lag
+    await ws.wait_for(lambda f: f.get("seq") == seqs[-1], timeout=10)
+    assert [f["seq"] for f in ws.events()] == seqs
+    assert manager.catch_ups >= 1 and manager.slow_closed == 0 and not task.done()
+    later = hub.emit("a", 2)  # live again
+    await ws.wait_for(lambda f: f.get("seq") == later[-1])
+    assert [f["seq"] for f in ws.events()][-2:] == later
+
+
+async def test_a_client_the_history_left_behind_is_closed_as_slow() -> None:
+    hub = LogHub(EventLog(capacity=30, epoch="small"))
+    manager = WebSocketManager()
+    manager.configure(SocketConfig(send_queue_size=4, max_lag=2.0, close_timeout=0.5), hub)
+    manager.start()
+    try:
+        ws, task = await open_socket(manager, "left")
+        await subscribe(ws, "job:a")
+        ws.reading.clear()
+        hub.emit("a", 20)
+        await asyncio.sleep(0.05)
+        for _ in range(20):  # far past what the history keeps; the reader keeps up
+            hub.emit("a", 10)
+            await asyncio.sleep(0.01)
+        ws.reading.set()
+        await asyncio.wait_for(task, 5)
+        assert ws.closed == (CloseCode.SLOW_CONSUMER, "slow consumer")
+        assert manager.catch_ups == 1 and manager.slow_closed == 1
+    finally:
+        await manager.close_all()
