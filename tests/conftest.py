@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 TOKEN = "test-token-" + os.urandom(6).hex()
-HISTORY = 20_000  # small enough that a test can outrun it
+HISTORY = 120_000  # above the 100,000-event job a plain client reads at its own pace; a test
+# can still outrun it
 SEND_QUEUE = 1024
 HEARTBEAT_INTERVAL = 1.0  # seconds between the gateway's RFC 6455 pings
 HEARTBEAT_TIMEOUT = 5.0  # a socket whose pong does not come this long after a ping is closed

@@ -220,7 +220,7 @@ class Session:
     async def _watch(self) -> None:
         cfg = self.config
         limits = HeartbeatLimits(cfg.max_lag, cfg.subscribe_deadline)
-        period = max(0.05, min(1.0, cfg.max_lag / 4, cfg.subscribe_deadline / 4))
+        period = max(0.05, min(cfg.max_lag, cfg.subscribe_deadline) / 4)
         while not self.closing:
             await asyncio.sleep(period)
             verdict = self.heartbeat.verdict(time.monotonic(), limits)
