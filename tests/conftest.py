@@ -14,8 +14,9 @@ HISTORY = 120_000  # above the 100,000-event job a plain client reads at its own
 # can still outrun it
 SEND_QUEUE = 1024
 HEARTBEAT_INTERVAL = 1.0  # seconds between the gateway's RFC 6455 pings
-HEARTBEAT_TIMEOUT = 5.0  # a socket whose pong does not come this long after a ping is closed
-MAX_LAG = 10.0  # a send blocked this long (the client reads nothing) closes it with 4008
+HEARTBEAT_TIMEOUT = 8.0  # a socket whose pong does not come this long after a ping is closed
+MAX_LAG = 5.0  # a send blocked this long (the client reads nothing) closes it with 4008,
+# before the ping timeout would drop it
 
 
 def free_port() -> int:

@@ -38,19 +38,15 @@ class Heartbeat:
     def __init__(self, now: float) -> None:
         self.connected_at = now
         self.subscribed = False
-        self.frames_sent = 0
-        self.bytes_sent = 0
         self._blocked_since: float | None = None  # a send in progress since then
 
     def sending(self, now: float) -> None:
         """The writer hands a frame to the socket (it may wait for the peer to read)."""
         self._blocked_since = now
 
-    def sent(self, nbytes: int) -> None:
+    def sent(self) -> None:
         """The socket took the frame."""
         self._blocked_since = None
-        self.frames_sent += 1
-        self.bytes_sent += nbytes
 
     def blocked_for(self, now: float) -> float:
         """Seconds the current send has waited (0 when the writer is not in a send)."""

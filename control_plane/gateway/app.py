@@ -4,6 +4,7 @@ serves the app on the gateway's port itself (``replica_server.py`` says why); Se
 supervises and restarts it.
 """
 
+import asyncio
 import logging
 import os
 from dataclasses import dataclass, field
@@ -54,6 +55,17 @@ async def _refuse(websocket: WebSocket, code: int, error_code: str, message: str
     await websocket.close(code, message[:120])
 
 
+async def _replica_initialized(timeout: float = 60.0) -> None:
+    """Until Serve has made this replica's instance the one its routes call, a request
+    would reach a method bound to nothing (a 500): serve only once it has."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while serve.get_replica_context().servable_object is None:
+        if asyncio.get_running_loop().time() > deadline:
+            logger.warning("serving before Serve reported the replica initialized")
+            return
+        await asyncio.sleep(0.01)
+
+
 @serve.deployment(name=DEPLOYMENT_NAME, ray_actor_options={"num_cpus": 0})
 @serve.ingress(app)
 class Gateway:
@@ -74,7 +86,7 @@ class Gateway:
             ping_interval=config.socket.heartbeat_interval,
             ping_timeout=config.socket.heartbeat_timeout,
         )
-        self._server.start()
+        self._server.start(ready=_replica_initialized)
 
     def check_health(self) -> None:
         """Serve's health check: a replica whose server stopped is replaced. It also pokes

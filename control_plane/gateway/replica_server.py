@@ -20,6 +20,7 @@ import errno
 import logging
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvicorn
@@ -100,13 +101,19 @@ class ReplicaServer:
         self._task: asyncio.Task[None] | None = None
         self._socket: socket.socket | None = None
 
-    def start(self) -> None:
-        """Bind now (so a port that cannot be had fails the replica), serve in the background."""
+    def start(self, ready: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Bind now (so a port that cannot be had fails the replica), serve in the background
+        once ``ready`` returns (connections wait in the listen backlog meanwhile)."""
         self._socket = bind(self.host, self.port)
         self.port = self._socket.getsockname()[1]
-        self._task = asyncio.get_running_loop().create_task(
-            self._server.serve(sockets=[self._socket])
-        )
+        self._task = asyncio.get_running_loop().create_task(self._serve(self._socket, ready))
+
+    async def _serve(
+        self, sock: socket.socket, ready: Callable[[], Awaitable[None]] | None
+    ) -> None:
+        if ready is not None:
+            await ready()
+        await self._server.serve(sockets=[sock])
 
     def failure(self) -> str | None:
         """Why the server stopped, or None while it runs."""

@@ -72,6 +72,17 @@ class SocketConfig:
     subscribe_deadline: float = 60.0  # close a socket that never subscribes (4001)
     close_timeout: float = 10.0  # a close frame not sent by then: the connection is aborted
 
+    def __post_init__(self) -> None:
+        # A client that reads nothing cannot answer pings either: judge it slow (4008, with
+        # its backlog and the close frame there for it if it reads again) before the ping
+        # timeout drops the connection (uvicorn closes at once, and the peer's unread data
+        # is lost to a reset).
+        if self.max_lag >= self.heartbeat_interval + self.heartbeat_timeout:
+            raise ValueError(
+                f"max_lag ({self.max_lag:g} s) must be below heartbeat_interval + "
+                f"heartbeat_timeout ({self.heartbeat_interval + self.heartbeat_timeout:g} s)"
+            )
+
 
 CommandRunner = Callable[[JobCommand, str], Awaitable[dict[str, Any]]]
 SnapshotSource = Callable[[str], Awaitable[dict[str, Any] | None]]
@@ -213,7 +224,7 @@ class Session:
             while (frame := await self.outbox.get()) is not None:
                 beat.sending(time.monotonic())
                 await ws.send_text(frame)
-                beat.sent(len(frame))
+                beat.sent()
         except (WebSocketDisconnect, RuntimeError, OSError):
             return  # the peer is gone; the reader sees the disconnect
 

@@ -4,14 +4,11 @@ idempotent commands."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import time
 from typing import Any
 
 import pytest
 import ray
-import websockets
 
 import control_plane
 import control_plane.websocket
@@ -102,41 +99,6 @@ async def test_a_socket_that_never_subscribes_is_closed_after_the_deadline(plane
     sock = await TestSocket.open(plane.ws_url, TOKEN)  # it answers pings
     code, reason = await asyncio.wait_for(sock.closed, 60)
     assert code == 4001, reason
-
-
-async def test_a_client_that_stops_reading_is_closed_while_others_keep_up(plane: Any) -> None:
-    fast = await TestSocket.open(plane.ws_url, TOKEN)
-    slow = await websockets.connect(plane.ws_url, additional_headers=AUTH, max_queue=1)
-    count = 20_000
-    job = control_plane.submit(
-        "jobs.examples:emit_burst",
-        count=count,
-        every=100,
-        rate=4000,
-        job_options={"pause_timeout": 30},
-    )
-    assert job.pause().state == "paused"  # held at a checkpoint until both listen
-    await fast.subscribe(f"job:{job.job_id}", since=0)  # since: what came before the hold
-    await slow.send(json.dumps({"type": "subscribe", "channels": [f"job:{job.job_id}"]}))
-    await slow.recv()  # the welcome; from here on it never reads again
-    started = time.monotonic()
-    job.resume()
-    await fast.wait_type("job.completed", job.job_id, timeout=120)
-    fast_done = time.monotonic() - started
-    progress = [f for f in fast.events(job.job_id) if f["type"] == "job.progress"]
-    got = {round(f["data"]["progress"] * count / 100) for f in progress}
-    missing = sorted(set(range(1, count + 1)) - got)
-    assert not missing, f"{len(missing)} missing, from {missing[:3]} to {missing[-3:]}"
-    assert len(progress) == count
-    # it reads again: what was queued before the close, then the close frame
-    with pytest.raises(websockets.ConnectionClosed):
-        async with asyncio.timeout(60):
-            while True:
-                await slow.recv()
-    logger.info("fast client got %d events in %.2f s", len(progress), fast_done)
-    assert slow.close_code == 4008
-    assert slow.close_reason == "slow consumer"
-    await fast.close()
 
 
 async def test_sockets_that_subscribe_while_the_gateway_streams_another_job_miss_nothing(
