@@ -1,17 +1,16 @@
 """The Python client SDK (no Ray needed): :class:`ControlPlaneClient` (async) and
 :class:`SyncControlPlaneClient` (blocking)."""
 
-from control_plane.client.async_client import (
+from control_plane.client.async_client import ConnectionState, ControlPlaneClient
+from control_plane.client.errors import (
     CommandRejected,
     ConnectionLost,
-    ConnectionState,
-    ControlPlaneClient,
     JobNotFound,
     RequestTimeout,
-    SyncControlPlaneClient,
     TransitionRejected,
     Unauthorized,
 )
+from control_plane.client.sync_client import SyncControlPlaneClient
 
 __all__ = [
     "CommandRejected",

@@ -19,15 +19,7 @@ reconnected. When the server cannot recover (``recovered: false``) the stream ca
 4401/4403 (auth, origin), 1009 (a frame over the limit) or a code the gateway does not send.
 :class:`SyncControlPlaneClient` offers the same with blocking calls. No Ray here.
 
-Errors (beside control_plane.core.errors)::
-
-    ControlPlaneError
-    ├── CommandRejected          an ``error`` reply: ``code``, ``message``, ``request_id``
-    │   ├── JobNotFound          also a JobNotFoundError (code job_not_found)
-    │   └── TransitionRejected   also an InvalidTransitionError (code invalid_transition)
-    ├── ConnectionLost           closed for good: a code not retried, or the client closed
-    │   └── Unauthorized         also an AuthError: closed with 4401 or 4403
-    └── RequestTimeout           also a TimeoutError: no connection or reply in time
+Its errors are in :mod:`control_plane.client.errors`.
 """
 
 from __future__ import annotations
@@ -37,14 +29,11 @@ import contextlib
 import itertools
 import json
 import logging
-import queue
 import random
-import re
-import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -53,12 +42,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from control_plane.core.errors import (
-    AuthError,
-    ControlPlaneError,
-    InvalidTransitionError,
-    JobNotFoundError,
+from control_plane.client.errors import (
+    REJECTIONS,
+    CommandRejected,
+    ConnectionLost,
+    RequestTimeout,
+    Unauthorized,
 )
+from control_plane.core.errors import ControlPlaneError
 from control_plane.core.protocol import (
     REFUSAL_CODES,
     receiving_channels,
@@ -80,60 +71,6 @@ class ConnectionState(StrEnum):
     CONNECTED = "connected"  # open, subscriptions restored: events flow, commands go out
     RECONNECTING = "reconnecting"  # lost; backing off or reconnecting and resuming
     CLOSED = "closed"  # closed by the user, or by a close that is not retried
-
-
-class CommandRejected(ControlPlaneError):
-    """The server answered a request with an ``error`` frame."""
-
-    def __init__(
-        self, code: str, message: str, request_id: str | None = None, job_id: str = ""
-    ) -> None:
-        ControlPlaneError.__init__(self, message)
-        self.code = code
-        self.request_id = request_id
-        self.job_id = job_id
-
-
-class JobNotFound(CommandRejected, JobNotFoundError):
-    """No job with that id (``except JobNotFoundError`` catches it too)."""
-
-
-class TransitionRejected(CommandRejected, InvalidTransitionError):
-    """The job's state does not allow the command (``pause`` of a completed job)."""
-
-    def __init__(
-        self, code: str, message: str, request_id: str | None = None, job_id: str = ""
-    ) -> None:
-        super().__init__(code, message, request_id, job_id)
-        found = re.search(r"cannot (\w+) job .*: it is (\w+)", message)
-        self.command, self.state = found.groups() if found else ("", "")
-
-
-class ConnectionLost(ControlPlaneError):
-    """The connection is gone for good: a close code that is not retried, or closed."""
-
-    code = "connection_lost"
-
-    def __init__(self, message: str, close_code: int | None = None, reason: str = "") -> None:
-        super().__init__(message)
-        self.close_code = close_code
-        self.reason = reason
-
-
-class Unauthorized(ConnectionLost, AuthError):
-    """The server refused us with 4401 (token) or 4403 (origin); retrying would not help."""
-
-    code = "unauthorized"
-
-
-class RequestTimeout(ControlPlaneError, TimeoutError):
-    code = "timeout"
-
-
-_REJECTIONS: dict[str, type[CommandRejected]] = {
-    "job_not_found": JobNotFound,
-    "invalid_transition": TransitionRejected,
-}
 
 
 class _Dropped(Exception):
@@ -373,7 +310,7 @@ class ControlPlaneClient:
         if reply["type"] != "error":
             return
         data = reply["data"]
-        cls = _REJECTIONS.get(data.get("code", ""), CommandRejected)
+        cls = REJECTIONS.get(data.get("code", ""), CommandRejected)
         raise cls(data.get("code", ""), data.get("message", ""), data.get("request_id"), job_id)
 
     async def _wait_connected(self, timeout: float | None) -> _Session:
@@ -596,99 +533,3 @@ class ControlPlaneClient:
         """Abort the TCP connection as a network failure would (the server sees 1006)."""
         if self._session is not None:
             self._session.ws.transport.abort()
-
-
-_END = object()
-
-
-class SyncControlPlaneClient:
-    """:class:`ControlPlaneClient` with blocking calls; it runs on a background thread's
-    event loop. ``on_state_change`` is called on that thread."""
-
-    def __init__(self, url: str = "ws://127.0.0.1:8000/ws", token: str | None = None, **kw: Any):
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="control-plane-client", daemon=True
-        )
-        self._thread.start()
-
-        async def make() -> ControlPlaneClient:
-            return ControlPlaneClient(url, token, **kw)
-
-        self.client = self._call(make())
-
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-
-    def connect(self) -> None:
-        try:
-            self._call(self.client.connect())
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        if self._loop.is_closed():
-            return
-        self._call(self.client.close())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
-
-    def __enter__(self) -> SyncControlPlaneClient:
-        self.connect()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def state(self) -> ConnectionState:
-        return self.client.state
-
-    @property
-    def recovered(self) -> bool:
-        return self.client.recovered
-
-    def subscribe(self, channels: Iterable[str], since: int | None = None) -> dict[str, Any]:
-        return self._call(self.client.subscribe(list(channels), since))
-
-    def unsubscribe(self, channels: Iterable[str]) -> dict[str, Any]:
-        return self._call(self.client.unsubscribe(list(channels)))
-
-    def pause(self, job_id: str) -> dict[str, Any]:
-        return self._call(self.client.pause(job_id))
-
-    def resume(self, job_id: str) -> dict[str, Any]:
-        return self._call(self.client.resume(job_id))
-
-    def cancel(self, job_id: str) -> dict[str, Any]:
-        return self._call(self.client.cancel(job_id))
-
-    def ping(self) -> float:
-        return self._call(self.client.ping())
-
-    def events(
-        self, channels: Iterable[str] | None = None, *, since: int | None = None
-    ) -> Iterator[Event]:
-        """A blocking iterator over :meth:`ControlPlaneClient.events`."""
-        items: queue.Queue[Any] = queue.Queue()
-        wanted = list(channels) if channels is not None else None
-
-        async def pump() -> None:
-            try:
-                async for event in self.client.events(wanted, since=since):
-                    items.put(event)
-            except Exception as e:
-                items.put(e)
-            finally:
-                items.put(_END)
-
-        future = asyncio.run_coroutine_threadsafe(pump(), self._loop)
-        try:
-            while (item := items.get()) is not _END:
-                if isinstance(item, Exception):
-                    raise item
-                yield item
-        finally:
-            future.cancel()
