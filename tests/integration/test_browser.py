@@ -7,35 +7,21 @@ from __future__ import annotations
 import logging
 import statistics
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 import control_plane
 from tests.conftest import TOKEN
+from tests.integration.chromium import WAIT_MS, gateway_tab, needs_chromium
 from tests.integration.test_client import hub_log
 
 pytestmark = [
     pytest.mark.ray,
-    pytest.mark.skipif(
-        not Path("/usr/bin/chromium").exists(),
-        reason="needs Chromium at /usr/bin/chromium (apt-get install chromium)",
-    ),
+    needs_chromium,
 ]
 logger = logging.getLogger(__name__)
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-WAIT_MS = 60_000
 
 # Collects one job's events and the client's states into window globals.
 START_CLIENT = """async (jobId) => {
@@ -56,19 +42,10 @@ START_CLIENT = """async (jobId) => {
 async def page(plane: Any) -> AsyncIterator[Any]:
     """A page of the gateway (opened through the token URL, so it has the cookie) with
     cp-client.js loaded."""
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        tab = await browser.new_page()
-        errors: list[str] = []
-        tab.on("pageerror", lambda e: errors.append(str(e)))
-        response = await tab.goto(f"{plane.base_url}/?token={TOKEN}")
-        assert response is not None and response.ok
+    async with gateway_tab(f"{plane.base_url}/?token={TOKEN}") as (tab, errors):
         await tab.add_script_tag(url="/static/cp-client.js")
         yield tab
         assert errors == []
-        await browser.close()
 
 
 async def test_the_js_client_resumes_after_its_socket_closes_with_every_event_once(

@@ -21,33 +21,19 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 import control_plane
+from tests.integration.chromium import WAIT_MS, gateway_tab, needs_chromium
 
 pytestmark = [
     pytest.mark.ray,
-    pytest.mark.skipif(
-        not Path("/usr/bin/chromium").exists(),
-        reason="needs Chromium at /usr/bin/chromium (apt-get install chromium)",
-    ),
+    needs_chromium,
 ]
 logger = logging.getLogger(__name__)
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-WAIT_MS = 60_000
 QUIET_MS = 180_000  # three minutes without a single event on the socket's channels
 BURST = 100_000
 BURST_MS = 150_000
@@ -129,22 +115,13 @@ def seed_client(ws_url: str) -> str:
 async def page(plane: Any) -> AsyncIterator[Any]:
     """A page of the gateway's own origin that holds the token cookie (it opened the
     printed URL) and runs no script of ours yet."""
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        tab = await browser.new_page()
-        errors: list[str] = []
-        tab.on("pageerror", lambda e: errors.append(str(e)))
-        response = await tab.goto(plane.url)  # sets the HttpOnly cookie, redirects to /
-        assert response is not None and response.ok
+    async with gateway_tab(plane.url) as (tab, errors):  # the cookie; redirected to /
         assert any(c["name"] and c["httpOnly"] for c in await tab.context.cookies())
         # Leave the dashboard (its own socket would read every burst too), same origin.
         response = await tab.goto(f"{plane.base_url}/healthz")
         assert response is not None and response.ok
         yield tab
         assert errors == []
-        await browser.close()
 
 
 async def run_seed_client(page: Any, ws_url: str, job_id: str) -> None:
