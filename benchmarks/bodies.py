@@ -3,6 +3,10 @@
 ``run.py`` registers this module with cloudpickle to be pickled by value, so job actors,
 Serve replicas and the baseline actors never need to import ``benchmarks``.
 
+Two WebSocket baselines push what a job pushes through us: a trivial Serve endpoint behind
+Serve's HTTP proxy (:class:`BaselineSocket`), and a bare FastAPI app on uvicorn with the
+gateway replica's own uvicorn settings (:class:`BarePush`), the server stack without us.
+
 Every timed event carries its send time ``t`` from ``time.time()``: all processes run on
 one machine and read one clock, so ``receive time - t`` is the event's latency.
 
@@ -25,6 +29,7 @@ from fastapi import FastAPI, WebSocket
 from ray import serve
 
 TICK = "bench.tick"
+DONE = '{"type":"bench.done"}'  # what a baseline sends after the last frame of a burst
 
 # --- job bodies -------------------------------------------------------------------------------
 
@@ -167,6 +172,34 @@ GateActor: Any = ray.remote(num_cpus=0)(Gate)
 BareActor: Any = ray.remote(num_cpus=0)(Bare)
 
 
+# --- the frames the WebSocket baselines push ---------------------------------------------------
+
+
+def progress_frames(
+    count: int, job_id: str = "0b5e1ae1bea5", first_seq: int = 1_000_001
+) -> list[str]:
+    """``count`` ``job.progress`` frames, byte for byte what the gateway sends for a job's
+    ``ctx.progress(p)``: the job's own encoder (``job_id`` as long as a job's), and ``seq``
+    spliced in as the hub does it (``first_seq`` on, as many digits as a hub's after the
+    ingest run). Made before a burst starts, so that pushing them costs the baseline
+    nothing but the socket."""
+    from control_plane.core.encoding import ProgressEncoder
+
+    encoder = ProgressEncoder(job_id)
+    frames = []
+    for i in range(count):
+        _, _, head, tail = encoder.encode(_now_iso(), "running", 100 * (i + 1) / count, None)
+        frames.append(f'{head},"seq":{first_seq + i}{tail}')
+    return frames
+
+
+async def push_progress(websocket: WebSocket, count: int) -> None:
+    """Push ``count`` progress frames as fast as the socket takes them, then ``DONE``."""
+    for frame in progress_frames(count):
+        await websocket.send_text(frame)
+    await websocket.send_text(DONE)
+
+
 # --- baseline: a trivial Serve WebSocket endpoint ---------------------------------------------
 
 
@@ -191,7 +224,8 @@ baseline_app = FastAPI()
 )
 @serve.ingress(baseline_app)
 class BaselineSocket:
-    """Pushes ``bench.tick`` frames: a burst, a paced stream, or a broadcast to every socket.
+    """Pushes frames: a burst of ``job.progress`` frames unpaced, or ``bench.tick`` frames
+    paced or broadcast to every socket.
 
     The first frame from the client says which: ``{"mode": "burst", "count": N}``,
     ``{"mode": "paced", "rates": [R, ...], "step": S}`` or ``{"mode": "fanout", "rate": R}``.
@@ -208,7 +242,7 @@ class BaselineSocket:
         loop = asyncio.get_running_loop()
         sender: asyncio.Task[Any] | None = None
         if cmd["mode"] == "burst":
-            sender = loop.create_task(self._burst(websocket, cmd["count"]))
+            sender = loop.create_task(push_progress(websocket, cmd["count"]))
         elif cmd["mode"] == "paced":
 
             async def send(i: int, s: int) -> None:
@@ -233,10 +267,6 @@ class BaselineSocket:
                 self._ticker.cancel()
                 self._ticker = None
 
-    async def _burst(self, websocket: WebSocket, count: int) -> None:
-        for i in range(count):
-            await websocket.send_text(tick_frame(i, 0, time.time()))
-
     async def _tick(self, rate: float) -> None:
         """One frame for every fan-out socket, made once, like the hub makes it once."""
         i = 0
@@ -251,3 +281,52 @@ class BaselineSocket:
 
 
 baseline_deployment: Any = BaselineSocket
+
+
+# --- baseline: the same server stack without us -----------------------------------------------
+
+
+def bare_push_app() -> FastAPI:
+    """A FastAPI app with one WebSocket route: the client's first frame
+    ``{"mode": "burst", "count": N}`` gets N ``job.progress`` frames pushed unpaced."""
+    app = FastAPI()
+
+    @app.websocket("/ws")
+    async def push(websocket: WebSocket) -> None:
+        await websocket.accept()
+        cmd = json.loads(await websocket.receive_text())
+        sender = asyncio.get_running_loop().create_task(push_progress(websocket, cmd["count"]))
+        try:
+            while True:  # until the client goes, as the Serve baseline does
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+        finally:
+            sender.cancel()
+
+    return app
+
+
+class BarePush:
+    """Serves :func:`bare_push_app` on a loopback port from its own process, with the
+    gateway replica's uvicorn: :class:`~control_plane.gateway.replica_server.ReplicaServer`
+    holds the settings (``ws="websockets-sansio"``, no per-message deflate, ...), so the
+    baseline keeps them whatever they become. No Serve, no hub, no manager."""
+
+    def __init__(self) -> None:
+        self._server: Any = None
+
+    async def start(self) -> int:
+        """Listen and serve; returns the port."""
+        from control_plane.gateway.replica_server import ReplicaServer
+
+        self._server = ReplicaServer(bare_push_app(), "127.0.0.1", 0)
+        self._server.start()
+        return int(self._server.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop()
+
+
+BarePushActor: Any = ray.remote(num_cpus=0)(BarePush)

@@ -1,12 +1,16 @@
 """The event path, measured: ingest into the hub, one job to one socket, one job to many.
 
 Each scenario returns its rows, the baseline measured in the same run beside each figure.
+One job to one socket is measured paced (the highest rate sustained, latency at half of it)
+and unpaced (events/s on the wire while a job emits flat out, every event counted).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import statistics
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -50,11 +54,32 @@ class EventSizes:
     sockets: int  # fan-out sockets
     fanout_rate: float  # events/s of the fanned-out job
     ingest_per_job: int  # events each ingest job emits
+    # Events the unpaced job (and each unpaced baseline) pushes to one socket: fewer than
+    # the hub keeps (100,000), since the job outruns the socket and a socket further behind
+    # than the hub's history cannot be given what it missed, by design.
+    unpaced: int
+    unpaced_rounds: int  # unpaced runs of each side, interleaved; the median is reported
 
 
-QUICK = EventSizes(2.0, (2000, 4000, 8000, 16000, 32000, 64000), 1.5, 200, 10.0, 100_000)
+QUICK = EventSizes(
+    window=2.0,
+    ramp=(2000, 4000, 8000, 16000, 32000, 64000),
+    ramp_step=1.5,
+    sockets=200,
+    fanout_rate=10.0,
+    ingest_per_job=100_000,
+    unpaced=30_000,
+    unpaced_rounds=3,
+)
 FULL = EventSizes(
-    5.0, (2000, 4000, 8000, 12000, 16000, 24000, 32000, 48000, 64000), 3.0, 1000, 10.0, 500_000
+    window=5.0,
+    ramp=(2000, 4000, 8000, 12000, 16000, 24000, 32000, 48000, 64000),
+    ramp_step=3.0,
+    sockets=1000,
+    fanout_rate=10.0,
+    ingest_per_job=500_000,
+    unpaced=80_000,
+    unpaced_rounds=5,
 )
 
 
@@ -244,6 +269,114 @@ async def end_to_end(bench: Bench, sizes: EventSizes) -> list[Row]:
         theirs,
     )
     return rows
+
+
+# --- end to end, unpaced: one job flat out, one socket -----------------------------------------
+
+
+def wire_rate(client: Client, expected: int, who: str) -> float:
+    """Events/s the client received between the arrivals of the 10 % and the 90 % marks
+    (start-up and wind-down left out), once it is sure that each of the ``expected``
+    progress events arrived, once and in seq order; otherwise it raises, naming ``who``."""
+    seqs = client.progress_seqs
+    unique = len(set(seqs))
+    if unique != expected or len(seqs) != expected:
+        raise RuntimeError(
+            f"{who}: {unique} of {expected} events arrived, {len(seqs) - unique} of them twice"
+        )
+    if any(b < a for a, b in itertools.pairwise(seqs)):
+        raise RuntimeError(f"{who}: events arrived out of seq order")
+    times = client.progress_at
+    low, high = expected // 10, expected * 9 // 10
+    return (high - low) / max(times[high] - times[low], 1e-6)
+
+
+def _burst_timeout(count: int) -> float:
+    return 60.0 + count / 1000  # generous: it only ends a run that stopped
+
+
+async def unpaced_ours(bench: Bench, count: int) -> float:
+    """One job emitting ``count`` progress events flat out (``bodies.burst``: ``ctx.progress``
+    in a loop) to one socket subscribed to its channel. The job waits at a gate until the
+    subscription is acknowledged, so every event goes the live way: job → hub → gateway
+    replica → socket. Ends at ``job.completed``, which comes after the last progress event."""
+    gate = bodies.GateActor.remote()
+    client = await Client.open(bench.ws_url, bench.token)
+    job: control_plane.JobHandle | None = None
+    try:
+        await client.wait_type("welcome")
+        job = await asyncio.to_thread(control_plane.submit, bodies.burst, count=count, gate=gate)
+        await client.subscribe(f"job:{job.job_id}")
+        await gate.open.remote()
+        await client.wait_type("job.completed", job.job_id, timeout=_burst_timeout(count))
+    finally:
+        if job is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(job.cancel)
+        await client.close()
+        ray.kill(gate)
+    return wire_rate(client, count, "ours")
+
+
+async def unpaced_baseline(url: str, count: int, who: str) -> float:
+    """The same count and frames pushed by a baseline endpoint, as fast as the socket takes
+    them, to the same client; ends at the baseline's ``bench.done``."""
+    client = await Client.open(url, None)
+    try:
+        await client.send({"mode": "burst", "count": count})
+        await client.wait_type("bench.done", timeout=_burst_timeout(count))
+    finally:
+        await client.close()
+    return wire_rate(client, count, who)
+
+
+@contextlib.asynccontextmanager
+async def bare_uvicorn() -> AsyncIterator[str]:
+    """The bare uvicorn push endpoint (``bodies.BarePush``) in its own process; its URL."""
+    server = bodies.BarePushActor.remote()
+    try:
+        port = await server.start.remote()
+        yield f"ws://127.0.0.1:{port}/ws"
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.stop.remote(), 10)
+        ray.kill(server)
+
+
+async def unpaced(bench: Bench, sizes: EventSizes) -> list[Row]:
+    """Ours, the bare uvicorn endpoint and the Serve-proxied one, each ``unpaced_rounds``
+    times in turn (so that the load of others on the machine falls on all three alike);
+    the median of each, every run checked to have received every event once."""
+    n, rounds = sizes.unpaced, sizes.unpaced_rounds
+    ours: list[float] = []
+    bare: list[float] = []
+    proxied: list[float] = []
+    async with bare_uvicorn() as bare_url:
+        for _ in range(rounds):
+            ours.append(await unpaced_ours(bench, n))
+            bare.append(await unpaced_baseline(bare_url, n, "bare uvicorn"))
+            proxied.append(await unpaced_baseline(bench.baseline_url, n, "Serve-proxied"))
+    for who, figures in (("ours", ours), ("bare uvicorn", bare), ("Serve-proxied", proxied)):
+        note(f"{who}: {', '.join(f'{x:,.0f}' for x in figures)} events/s")
+    name = "end to end: events/s one job → one socket, unpaced"
+    what = f"pushing {n:,} pre-encoded job.progress frames unpaced to one socket"
+    median = f"median of {rounds}, all {n:,} events arrived once"
+    return [
+        Row(
+            f"{name} ({median}; against bare uvicorn)",
+            statistics.median(ours),
+            "events/s",
+            f"a bare FastAPI endpoint on uvicorn (the gateway's uvicorn settings) {what}",
+            statistics.median(bare),
+        ),
+        Row(
+            f"{name} ({median}; against Serve's proxy)",
+            statistics.median(ours),
+            "events/s",
+            f"a trivial Serve WebSocket endpoint behind Serve's proxy {what}",
+            statistics.median(proxied),
+        ),
+    ]
 
 
 # --- fan-out: one job, many sockets ----------------------------------------------------------

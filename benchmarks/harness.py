@@ -34,6 +34,8 @@ BASELINE_PREFIX = "/cp-bench-baseline"
 GATEWAY_TITLE = "ServeReplica:control_plane:gateway"
 BASELINE_TITLE = f"ServeReplica:{BASELINE_APP}:baseline_socket"
 TICK_MARK = '"bench.tick"'
+PROGRESS_START = '{"type":"job.progress"'  # how every job.progress frame begins
+SEQ_KEY = '"seq":'
 RECEIVED = "_received"  # the key under which a kept frame records when it arrived (time.time())
 
 Frame = dict[str, Any]
@@ -180,11 +182,22 @@ def tick_fields(text: str) -> tuple[int, float]:
     return int(data["s"]), float(data["t"])
 
 
+def frame_seq(text: str) -> int:
+    """The ``seq`` of a frame in the hub's compact encoding, read without parsing the rest."""
+    start = text.index(SEQ_KEY) + len(SEQ_KEY)
+    return int(text[start : text.index(",", start)])
+
+
 class Client:
-    """One socket: reads every frame, answers pings, times ``bench.tick`` frames.
+    """One socket: reads every frame, times ``bench.tick`` frames, counts ``job.progress``.
 
     Tick frames are counted (and, while :attr:`recording`, timed) without being kept or
-    fully parsed; other frames are kept in :attr:`frames` for :meth:`wait_for`.
+    fully parsed; progress frames leave only their ``seq`` and arrival time (in
+    :attr:`progress_seqs` and :attr:`progress_at`); other frames are kept in :attr:`frames`
+    for :meth:`wait_for`.
+
+    It answers no application-level ping: the gateway sends none and relies on RFC 6455
+    ping frames, which ``websockets`` answers by itself (the baselines send neither).
     """
 
     def __init__(self, ws: websockets.ClientConnection) -> None:
@@ -195,6 +208,8 @@ class Client:
         self.last_tick_at = 0.0
         self.recording = False
         self.samples: list[tuple[int, float]] = []  # (step, latency in seconds) of each tick
+        self.progress_seqs: list[int] = []
+        self.progress_at: list[float] = []  # time.time() each progress frame arrived
         self.close_code: int | None = None  # -1: ended without a close frame
         self.error: Exception | None = None
         self._new = asyncio.Event()
@@ -219,6 +234,10 @@ class Client:
             async for raw in self.ws:
                 now = time.time()
                 text = raw if isinstance(raw, str) else raw.decode()
+                if text.startswith(PROGRESS_START):  # first: the unpaced run's frames
+                    self.progress_seqs.append(frame_seq(text))
+                    self.progress_at.append(now)
+                    continue
                 if TICK_MARK in text:
                     if not self.ticks:
                         self.first_tick_at = now
@@ -229,9 +248,6 @@ class Client:
                         self.samples.append((step, now - sent_at))
                     continue
                 frame = json.loads(text)
-                if frame.get("type") == "ping":
-                    await self.ws.send('{"type": "pong"}')
-                    continue
                 frame[RECEIVED] = now
                 self.frames.append(frame)
                 self._new.set()

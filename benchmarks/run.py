@@ -10,7 +10,8 @@ the baseline's description and figure (measured in the same run, on the same Ray
     ratio = baseline_value / value   for times and memory (lower is better).
 
 Scenarios (row names start with the word): ``ingest`` (events/s into the hub from 4 jobs),
-``end to end`` (one job to one socket: sustained events/s, and latency at half of it),
+``end to end`` (one job to one socket: sustained events/s and latency at half of it, and
+events/s unpaced against a bare uvicorn endpoint and a Serve-proxied one),
 ``fan-out`` (many sockets on one job: latency, gateway memory per socket), ``pause``
 (socket command to ``job.paused``, idle and under load, against stopping a Ray Job),
 ``push vs poll`` (a state change reaching a watcher, against polling Ray Jobs' status) and
@@ -18,7 +19,7 @@ Scenarios (row names start with the word): ``ingest`` (events/s into the hub fro
 
 One ``address="local"`` Ray with the dashboard (Ray Jobs needs it) runs the control plane
 and a trivial Serve WebSocket app for the baselines; everything is stopped at the end.
-``--quick`` (what CI runs, to see that it works) takes about two minutes on 2 CPUs; a full
+``--quick`` (what CI runs, to see that it works) takes about three minutes on 2 CPUs; a full
 run takes about ten, writes ``benchmarks/results/<date>.json`` and rewrites the table
 between the bench markers in README.md. A failed scenario leaves a FAILED row naming its
 error, the others run on, and the exit code is 1.
@@ -86,6 +87,7 @@ class Run:
         b, e, c = self.bench, self.event_sizes, self.control_sizes
         await self.scenario("ingest", self.ingest)
         await self.scenario("end to end", lambda: events.end_to_end(b, e))
+        await self.scenario("end to end, unpaced", lambda: events.unpaced(b, e))
         await self.scenario("fan-out", lambda: events.fan_out(b, e))
         await self.scenario("pause", lambda: control.pause(b, c, self.ingest_rate))
         await self.scenario("push vs poll", lambda: control.push_vs_poll(b, c))
@@ -107,7 +109,7 @@ def guard_memory(stop: threading.Event) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, about two minutes")
+    parser.add_argument("--quick", action="store_true", help="small sizes, about three minutes")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the rows here")
     args = parser.parse_args(argv)
 
