@@ -8,14 +8,15 @@
  *   await cp.subscribe(["job:" + jobId, "jobs"], {since: 0});
  *   await cp.pause(jobId);                            // the ack's data, or an Error with .code
  *
- * It answers the server's pings and pings the server itself (a silent socket is dropped),
- * reconnects with jittered exponential backoff after a network loss (1006) or a close that
- * protocol.CloseCode says to retry (1000, 1011, 1012, 4001, 4008), never after 4401/4403,
- * 1009 or a code the gateway does not send, keeps its
- * client_id (a command retried after a reconnect is applied once) and re-subscribes every
- * channel with since = the last seq it saw on that channel and the epoch it saw: the stream
- * resumes with nothing lost, and duplicates are dropped by seq. When the server cannot vouch for the
- * history (recovered: false) handlers get a "client.gap" event: refresh what you show.
+ * The browser answers the server's RFC 6455 pings by itself; this client also pings the
+ * server (an application ping, which the page cannot otherwise see: a silent socket is
+ * dropped). It reconnects with jittered exponential backoff after a network loss (1006) or
+ * a close that protocol.reconnects_after allows (1000, 1011, 1012, 4001, 4008, a proxy's
+ * 1001), never after 4401/4403, 1009 or a protocol error; keeps its client_id (a command
+ * retried after a reconnect is applied once) and re-subscribes every channel with since =
+ * the last seq it saw on that channel and the epoch it saw: the stream resumes with nothing
+ * lost, and duplicates are dropped by seq. When the server cannot vouch for the history
+ * (recovered: false) handlers get a "client.gap" event: refresh what you show.
  */
 (function (root) {
   "use strict";
@@ -335,9 +336,6 @@
       try { frame = JSON.parse(raw); } catch (e) { return; }
       var data = frame.data || (frame.data = {});
       switch (frame.type) {
-        case "ping": // the id tells the server how far we have read
-          session.ws.send(JSON.stringify({type: "pong", id: data.ping_id}));
-          return;
         case "ack":
         case "error":
         case "pong":
