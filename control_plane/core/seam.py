@@ -24,8 +24,10 @@ A socket whose send queue overflows while it reads is not cut off: it goes on fr
 history, which is the buffer (Kafka consumers and Centrifugo's recovery read the log the
 same way). Live entries are dropped meanwhile, rounds of history are read after its last
 queued entry as the writer makes room, and the last round holds live entries and merges them
-like a replay. Only a client that the history leaves behind, or that reads nothing, is
-closed as slow.
+like a replay. When more than a queue's worth piles up behind that drain (the client reads
+slower than the events come), it goes back to the rounds after the last entry it queued:
+the history holds them, the replica need not. Only a client that the history leaves
+behind, or that reads nothing, is closed as slow.
 
 ``tests/unit/test_seam.py`` drives both, with the subscription index and a log, through
 random interleavings of subscribes, unsubscribes, live batches and replies (hypothesis).
@@ -152,6 +154,13 @@ class ReplayMerge:
         assert self.state is MergeState.LIVE and not self._held, self.state
         self.state = MergeState.CATCHING_UP
 
+    def back_to_history(self) -> None:
+        """A drain after the last round of history fell behind: drop what it holds and go
+        on reading the history (only a DRAINING merge, whose replays are all in, may)."""
+        assert self.state is MergeState.DRAINING and not self._pending, self.state
+        self._held.clear()
+        self.state = MergeState.CATCHING_UP
+
     @property
     def overflowing(self) -> bool:
         return len(self._held) > self.max_held
@@ -171,6 +180,8 @@ class ReplayMerge:
         """The held entries in seq order, for the drain. Empty when the drain should stop:
         nothing is held (the socket is live again), or another replay was asked for
         meanwhile (what is held waits for it, and its arrival starts the next drain)."""
+        if self.state is MergeState.CATCHING_UP:
+            return []
         if self._pending:
             self.state = MergeState.HOLDING
             return []
@@ -186,9 +197,13 @@ class SocketSeam:
     """One socket's side of the seam: its :class:`Coverage` and :class:`ReplayMerge`, and
     the steps of a subscribe, in the order the session takes them."""
 
-    def __init__(self, max_held: int) -> None:
+    def __init__(self, max_held: int, rejoin_limit: int | None = None) -> None:
         self.coverage = Coverage()
         self.merge = ReplayMerge(max_held)
+        # Catching up, entries held behind the last round's drain before it goes back to
+        # the history.
+        self.rejoin_limit = max_held if rejoin_limit is None else rejoin_limit
+        self.rejoining = False  # from falling behind until the socket is live again
         # What the client said it has (``since``), per key. The replica's reader may be
         # behind a ``since`` (its filter took nothing for a while, so its cursor stayed):
         # live entries up to ``floor``, the highest one, are checked against what it said.
@@ -217,7 +232,7 @@ class SocketSeam:
     def unsubscribed(self, channels: Iterable[str], cursor: int) -> None:
         """``channels`` stop; the socket was given their entries up to the reader's
         ``cursor``, or, catching up, up to the last one queued."""
-        at = min(cursor, self.resume_after) if self.catching_up else cursor
+        at = min(cursor, self.resume_after) if self.rejoining else cursor
         for channel in channels:
             self.coverage.close(channel, at)
 
@@ -249,7 +264,19 @@ class SocketSeam:
         """What to do with a live entry for this socket."""
         if self._has(entry):
             return Offer.DROP
-        return self.merge.live(entry)
+        merge = self.merge
+        if (
+            self.rejoining
+            and merge.state is MergeState.DRAINING
+            and len(merge) >= self.rejoin_limit
+        ):
+            merge.back_to_history()  # rounds go on after the last entry queued (sent())
+        return merge.live(entry)
+
+    def sent(self, entry: LogEntry) -> None:
+        """``entry`` was queued for the socket (from a round or a drain)."""
+        if self.rejoining:
+            self.resume_after = max(self.resume_after, entry.seq)
 
     # --- catching up -----------------------------------------------------------------------
 
@@ -264,6 +291,7 @@ class SocketSeam:
         if self.merge.state is not MergeState.LIVE:
             return False
         self.merge.catch_up()
+        self.rejoining = True
         self.resume_after = entry.seq - 1
         return True
 
@@ -280,15 +308,16 @@ class SocketSeam:
         self, entries: Iterable[LogEntry], upto: int, last: bool
     ) -> tuple[list[LogEntry], bool]:
         """A round is in: (the entries to queue now, whether to drain now). The last round's
-        entries go through the merge with the held ones."""
+        entries go through the merge with the held ones; until they are queued,
+        ``resume_after`` stays at the last entry queued (:meth:`sent`)."""
         kept = [
             e
             for e in entries
             if e.seq <= upto and not self._has(e) and not self.coverage.given_before(e)
         ]
-        self.resume_after = upto
         if last:
             return [], self.merge.replayed(kept)
+        self.resume_after = upto
         return kept, False
 
     def next_batch(self) -> list[LogEntry]:
@@ -298,6 +327,8 @@ class SocketSeam:
             kept = [e for e in batch if not self._has(e)]
             if kept:
                 return kept
+        if self.merge.state is MergeState.LIVE:
+            self.rejoining = False
         return []
 
     def _has(self, entry: LogEntry) -> bool:

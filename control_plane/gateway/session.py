@@ -104,7 +104,8 @@ class Session:
         self.state = SessionState.OPEN
         self.outbox = Outbox(self.config.send_queue_size)
         self.heartbeat = Heartbeat(time.monotonic())
-        self.seam = SocketSeam(max_held=16 * self.config.send_queue_size)
+        queue = self.config.send_queue_size
+        self.seam = SocketSeam(max_held=16 * queue, rejoin_limit=queue)
         self.delivered = 0
         self.close_code: int | None = None
         self._writer: asyncio.Task[None] | None = None
@@ -371,8 +372,8 @@ class Session:
         frame for ``max_lag`` is slow."""
         while batch := self.seam.next_batch():
             for entry in batch:
-                if not await self._put(entry):
-                    return
+                if not await self._put(entry) or self.seam.catching_up:
+                    return  # closing, or back to the history (the rounds go on)
 
     async def _put(self, entry: LogEntry) -> bool:
         """Queue a replayed entry, waiting for room; False when the socket is closing."""
@@ -385,6 +386,7 @@ class Session:
         except TimeoutError:
             self._slow(f"no room for a replay in {self.config.max_lag:g} s")
             return False
+        self.seam.sent(entry)
         self.delivered += 1
         return True
 

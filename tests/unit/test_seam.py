@@ -113,6 +113,27 @@ def test_a_socket_catching_up_drops_live_entries_until_its_last_round_holds_them
     assert seam.next_batch() == [] and seam.live(entry(12)) is Offer.SEND
 
 
+def test_a_drain_that_falls_behind_after_the_last_round_goes_back_to_the_history() -> None:
+    seam = SocketSeam(max_held=100, rejoin_limit=3)
+    seam.subscribed(["job:a"], 0, None)
+    assert seam.fell_behind(entry(1))  # nothing queued yet: the history from 0 on
+    assert seam.catch_up_round(cursor=4, chunk=8) == (0, 4, True)
+    _, drain = seam.caught_up([entry(q) for q in range(1, 5)], 4, True)
+    assert drain
+    batch = seam.next_batch()
+    assert [e.seq for e in batch] == [1, 2, 3, 4]
+    seam.sent(batch[0])
+    seam.sent(batch[1])  # the client reads slowly: two of four are queued ...
+    assert [seam.live(entry(q)) for q in (5, 6, 7)] == [Offer.HELD] * 3
+    assert seam.live(entry(8)) is Offer.DROP  # ... and three more wait: back to the rounds
+    assert seam.catching_up and seam.next_batch() == []
+    assert seam.catch_up_round(cursor=8, chunk=8) == (2, 8, True)  # after the last queued
+    _, drain = seam.caught_up([entry(q) for q in range(3, 9)], 8, True)
+    assert drain and [e.seq for e in seam.next_batch()] == [3, 4, 5, 6, 7, 8]
+    assert seam.next_batch() == [] and not seam.rejoining
+    assert seam.live(entry(9)) is Offer.SEND
+
+
 def test_a_socket_cannot_catch_up_while_a_replay_is_under_way() -> None:
     seam = SocketSeam(max_held=100)
     seam.subscribed(["job:a"], 0, since=0)
@@ -141,6 +162,7 @@ class Sock:
     sent: list[int] = field(default_factory=list)
     start: dict[str, int] = field(default_factory=dict)  # channel -> its stream starts after
     draining: bool = False
+    batch: list[LogEntry] = field(default_factory=list)  # the drain's batch, being queued
     # (channels, since, how many frames were sent before that subscribe)
     claims: list[tuple[list[str], int, int]] = field(default_factory=list)
     full: bool = False  # its send queue is full: the next live entry overflows it
@@ -156,7 +178,7 @@ class Replica:
     pending: list[tuple[str, list[str], int, int]] = field(default_factory=list)
 
     def connect(self, client: str) -> None:
-        sock = Sock(SocketSeam(max_held=10**9), self.cursor)
+        sock = Sock(SocketSeam(max_held=10**9, rejoin_limit=4), self.cursor)
         sock.seam.went_live(self.cursor)
         self.socks[client] = sock
         self.index.add_client(client)
@@ -183,8 +205,8 @@ class Replica:
 
     def subscribe(self, client: str, channels: list[str], since: int | None) -> None:
         sock = self.socks[client]
-        if sock.seam.catching_up:
-            return  # a real session's subscribe waits until it caught up
+        if sock.seam.rejoining:
+            return  # a real session's subscribe waits until it caught up and is live
         held = self.index.channels_of(client)
         self.index.subscribe(client, channels)
         live_from = self.cursor
@@ -219,26 +241,38 @@ class Replica:
         channels = sorted(self.index.channels_of(client))
         reply = self.log.replay(after, channels, None, client, upto)
         kept, drain = sock.seam.caught_up(reply["entries"], upto, last)
-        sock.sent.extend(e.seq for e in kept)
+        for e in kept:
+            self.send(sock, e)
         sock.draining = sock.draining or drain
 
-    def drain_step(self, client: str) -> None:
+    def send(self, sock: Sock, e: LogEntry) -> None:
+        sock.sent.append(e.seq)
+        sock.seam.sent(e)
+
+    def drain_step(self, client: str, n: int = 10**9) -> None:
+        """Queue up to ``n`` entries of the drain (a slow client takes a few at a time)."""
         sock = self.socks[client]
         if not sock.draining:
             return
-        batch = sock.seam.next_batch()
-        if not batch:
-            sock.draining = False
-        sock.sent.extend(e.seq for e in batch)
+        if sock.seam.catching_up:  # it went back to the history: the batch is dropped
+            sock.batch, sock.draining = [], False
+            return
+        if not sock.batch:
+            sock.batch = sock.seam.next_batch()
+            if not sock.batch:
+                sock.draining = False
+                return
+        for e in sock.batch[:n]:
+            self.send(sock, e)
+        del sock.batch[:n]
 
     def settle(self) -> None:
         while self.pending:
             self.reply(0)
         self.deliver(10**9)
-        for client in self.socks:
-            while self.socks[client].seam.catching_up:
+        for client, sock in self.socks.items():
+            while sock.seam.catching_up or sock.draining:
                 self.catch_up_round(client, 5)
-            while self.socks[client].draining:
                 self.drain_step(client)
 
 
@@ -262,7 +296,7 @@ unsubscribe_op = st.tuples(
     st.lists(st.sampled_from(CHANNELS), min_size=1, max_size=2, unique=True),
 )
 reply_op = st.tuples(st.just("reply"), st.integers(0, 10))
-drain_op = st.tuples(st.just("drain"), st.sampled_from(CLIENTS))
+drain_op = st.tuples(st.just("drain"), st.sampled_from(CLIENTS), st.integers(1, 4))
 overflow_op = st.tuples(st.just("overflow"), st.sampled_from(CLIENTS))
 round_op = st.tuples(st.just("round"), st.sampled_from(CLIENTS), st.integers(1, 8))
 # Weighted towards what makes seams: events, live batches, subscribes and their replies.

@@ -13,6 +13,7 @@ from starlette.websockets import WebSocketState
 
 from control_plane.core.hub_log import EventLog
 from control_plane.core.protocol import CloseCode
+from control_plane.core.seam import MergeState
 from control_plane.gateway.manager import WebSocketManager
 from control_plane.gateway.session import SocketConfig
 from tests.unit.hubfake import LogHub
@@ -48,6 +49,7 @@ class FakeSocket:
         self.closed: tuple[int, str] | None = None
         self.reading = asyncio.Event()
         self.reading.set()
+        self.gate: asyncio.Semaphore | None = None  # set: the peer reads a frame per release
         self.frame_sent = asyncio.Event()
         self._protocol = FakeServerProtocol()
         self._send = self._protocol.send
@@ -60,6 +62,8 @@ class FakeSocket:
 
     async def send_text(self, text: str) -> None:
         await self.reading.wait()
+        if self.gate is not None:
+            await self.gate.acquire()
         self.sent.append(json.loads(text))
         self.frame_sent.set()
 
@@ -291,6 +295,34 @@ async def test_a_client_slower_than_its_events_catches_up_from_the_history_each_
     later = hub.emit("a", 2)  # live again
     await ws.wait_for(lambda f: f.get("seq") == later[-1])
     assert [f["seq"] for f in ws.events()][-2:] == later
+
+
+async def test_events_that_pile_up_behind_the_last_round_send_it_back_to_the_history(manager, hub):
+    """A burst that comes while the last round of history drains (the client reads slower
+    than the events come) is not held: 16 queues' worth of it closed the socket as slow."""
+    ws, task = await open_socket(manager, "bursty")
+    await subscribe(ws, "job:a")
+    ws.gate = asyncio.Semaphore(0)
+    seqs = hub.emit("a", 5 * CONFIG.send_queue_size)  # it falls behind and catches up ...
+    seam = manager.sessions["bursty"].seam
+    for _ in range(200):  # ... a frame at a time, until the last round drains
+        if seam.merge.state is MergeState.DRAINING:  # (no replay of a subscribe here)
+            break
+        ws.gate.release()
+        await asyncio.sleep(0.01)
+    assert seam.merge.state is MergeState.DRAINING
+    for _ in range(5):  # a burst of 25 queues' worth arrives meanwhile
+        seqs += hub.emit("a", 5 * CONFIG.send_queue_size)
+        await asyncio.sleep(0.02)
+    assert manager.slow_closed == 0 and len(seam.merge) <= CONFIG.send_queue_size
+    gate, ws.gate = ws.gate, None  # it reads at full speed again
+    gate.release()
+    await ws.wait_for(lambda f: f.get("seq") == seqs[-1], timeout=10)
+    assert [f["seq"] for f in ws.events()] == seqs
+    assert manager.catch_ups == 1 and manager.slow_closed == 0 and not task.done()
+    later = hub.emit("a", 2)  # live again
+    await ws.wait_for(lambda f: f.get("seq") == later[-1])
+    assert [f["seq"] for f in ws.events()][-2:] == later and not seam.rejoining
 
 
 async def test_a_client_the_history_left_behind_is_closed_as_slow() -> None:
