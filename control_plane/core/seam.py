@@ -331,6 +331,11 @@ class SocketSeam:
             self.rejoining = False
         return []
 
+    def claimed_since(self, entry: LogEntry) -> bool:
+        """The client said it has ``entry`` (a subscribe with ``since``), perhaps after the
+        drain took it into a batch: the drain checks each entry again as it queues it."""
+        return self._has(entry)
+
     def _has(self, entry: LogEntry) -> bool:
         """The client said it has ``entry`` (a ``since`` at or past it)."""
         return entry.seq <= self.floor and self.claimed.given(entry)

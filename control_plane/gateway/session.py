@@ -370,9 +370,12 @@ class Session:
         """Send the replay and the live entries held meanwhile, in seq order. A replay may
         be far larger than the send queue, so it waits for room; a client that takes no
         frame for ``max_lag`` is slow."""
-        while batch := self.seam.next_batch():
+        seam = self.seam
+        while batch := seam.next_batch():
             for entry in batch:
-                if not await self._put(entry) or self.seam.catching_up:
+                if seam.claimed_since(entry):
+                    continue  # a subscribe with ``since`` said so while the batch went out
+                if not await self._put(entry) or seam.catching_up:
                     return  # closing, or back to the history (the rounds go on)
 
     async def _put(self, entry: LogEntry) -> bool:
