@@ -59,6 +59,7 @@ class EventSizes:
     # than the hub's history cannot be given what it missed, by design.
     unpaced: int
     unpaced_rounds: int  # unpaced runs of each side, interleaved; the median is reported
+    recovery_events: int  # events in the log of the hub whose restart is timed
 
 
 QUICK = EventSizes(
@@ -70,6 +71,7 @@ QUICK = EventSizes(
     ingest_per_job=100_000,
     unpaced=30_000,
     unpaced_rounds=3,
+    recovery_events=200_000,
 )
 FULL = EventSizes(
     window=5.0,
@@ -80,6 +82,7 @@ FULL = EventSizes(
     ingest_per_job=500_000,
     unpaced=80_000,
     unpaced_rounds=5,
+    recovery_events=1_000_000,
 )
 
 
@@ -118,11 +121,11 @@ async def _rate(
         await asyncio.sleep(0.02)
 
 
-async def ingest(bench: Bench, sizes: EventSizes) -> list[Row]:
+async def _jobs_rate(bench: Bench, count: int) -> float:
+    """Events/s into the hub from LOAD_JOBS jobs emitting ``count`` each flat out."""
     hub = runtime.hub()
     epoch, head = await hub.head.remote()
     gate = bodies.GateActor.remote()
-    count = sizes.ingest_per_job
     handles = await submit_started(bench, bodies.burst, LOAD_JOBS, count=count, gate=gate)
 
     async def hub_head() -> int:
@@ -133,7 +136,7 @@ async def ingest(bench: Bench, sizes: EventSizes) -> list[Row]:
 
     try:
         await gate.open.remote()
-        ours = await _rate(hub_head, head, LOAD_JOBS * count, timeout=120)
+        rate = await _rate(hub_head, head, LOAD_JOBS * count, timeout=120)
         jobs_rss = [rss(p) for p in processes("JobActor")]
         hub_rss = rss(one_process("ray::EventHub"))
         note(
@@ -143,6 +146,27 @@ async def ingest(bench: Bench, sizes: EventSizes) -> list[Row]:
     finally:
         await cancel_all(handles)
         ray.kill(gate)
+    return rate
+
+
+async def ingest(bench: Bench, sizes: EventSizes) -> list[Row]:
+    """The hub's ingest with its SQLite log and without it (``set_durable``), one after the
+    other on the same hub and jobs, and a bare counting actor's."""
+    hub = runtime.hub()
+    count = sizes.ingest_per_job
+    await hub.set_durable.remote(False)
+    try:
+        note("the in-memory hub (its log file not written):")
+        in_memory = await _jobs_rate(bench, count)
+    finally:
+        await hub.set_durable.remote(True)
+    note("the hub with its SQLite log:")
+    durable = await _jobs_rate(bench, count)
+    stored = await hub.log_stats.remote(frames=True)
+    note(
+        f"log: {stored['bytes'] / 2**20:.0f} MB for {stored['events']} events retained "
+        f"({stored['frame_bytes'] / max(1, stored['events']):.0f} bytes/event as frames)"
+    )
 
     counter = bodies.CounterActor.remote()
     publishers = [bodies.PublisherActor.remote() for _ in range(LOAD_JOBS)]
@@ -154,14 +178,30 @@ async def ingest(bench: Bench, sizes: EventSizes) -> list[Row]:
     finally:
         for actor in [counter, *publishers]:
             ray.kill(actor)
+    events = max(1, stored["events"])
     return [
         Row(
             f"ingest: events/s into the hub from {LOAD_JOBS} jobs emitting flat out",
-            ours,
+            in_memory,
             "events/s",
             f"{LOAD_JOBS} callers, batches of {INGEST_BATCH} into an actor that counts",
             base,
-        )
+        ),
+        Row(
+            f"ingest with the SQLite log: events/s into the hub from {LOAD_JOBS} jobs",
+            durable,
+            "events/s",
+            "the same hub and jobs with the log not written (in memory only), same run",
+            in_memory,
+        ),
+        Row(
+            "event log: bytes per event on disk (SQLite, WAL, batches compressed)",
+            stored["bytes"] / events,
+            "bytes/event",
+            "the same events as their JSON frames",
+            stored["frame_bytes"] / events,
+            higher_is_better=False,
+        ),
     ]
 
 

@@ -5,40 +5,78 @@ controller) keeps exactly one :meth:`EventHub.listen` call in flight with its cu
 what its filter takes after it, so the hub does one call per batch per reader, never one per
 event, and sends a reader nothing it would drop (a replica whose sockets watch one job is not
 sent the events of a thousand others).
+
+The log is durable (``core/log_writer.py``, ``core/event_store.py``, the SQLite file of
+``core/sqlite_store.py`` by default): a publish is written to the store, in one
+transaction, before it is appended and before its call returns, so a reader never sees
+and a publisher is never told of an event that a crash would lose. A publish the store
+refuses (disk full, read-only) raises :class:`~control_plane.core.errors.EventLogError` to
+its publisher and is not appended. A numbered batch that waits for an earlier one
+(``ordering.py``) is acknowledged once it is written, not when it arrives. Ray re-runs
+``__init__`` when the hub's process dies (``max_restarts=-1``): it restores the history,
+the epoch and every publisher's next batch number from the store, and Ray sends the calls
+that were in flight again (``max_task_retries=-1``), in any order; a batch that was written
+before the crash is acknowledged again without being appended twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import time
 from typing import Any
 
 import ray
 
 from control_plane.actors import runtime
-from control_plane.core.hub_log import (
-    TARGET_CHANNEL,
-    Encoded,
-    EventLog,
-    ListenResult,
-    ReaderFilter,
-)
-from control_plane.core.ordering import BatchOrder
+from control_plane.actors import state_dir as state_dirs
+from control_plane.core.encoding import encode_event
+from control_plane.core.event_store import EventStore
+from control_plane.core.hub_log import TARGET_CHANNEL, Encoded, ListenResult, ReaderFilter
+from control_plane.core.log_writer import LogWriter
+from control_plane.core.sqlite_store import SQLiteEventStore
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_HISTORY = 100_000
+RETAIN_INTERVAL = 2.0  # seconds between two passes of retention (by age, and in the store)
+
+
+def open_store(state_dir: str | None) -> SQLiteEventStore:
+    """The SQLite log in the state directory (``actors/state_dir.py``)."""
+    return SQLiteEventStore(state_dirs.resolve(state_dir) / state_dirs.EVENTS_FILE)
 
 
 class EventHub:
-    def __init__(self, capacity: int = DEFAULT_HISTORY) -> None:
-        self._log = EventLog(capacity)
-        self._order: BatchOrder[tuple[list[Encoded], str]] = BatchOrder()
+    """``capacity`` events are kept, and with ``history_age`` none older than that many
+    seconds; ``store`` is where they live (default: the SQLite file in ``state_dir``)."""
+
+    def __init__(
+        self,
+        capacity: int = DEFAULT_HISTORY,
+        state_dir: str | None = None,
+        history_age: float | None = None,
+        store: EventStore | None = None,
+    ) -> None:
+        self._writer = LogWriter(
+            capacity, store if store is not None else open_store(state_dir), history_age
+        )
+        self._log = self._writer.log
         self._sweeper: asyncio.Task[None] | None = None
         self._faults: dict[str, tuple[int, str]] = {}
+        if self._writer.restored:
+            logger.info(
+                "event hub restored epoch %s: seq %d..%d",
+                self._log.epoch,
+                self._log.oldest,
+                self._log.head,
+            )
 
     async def publish(self, events: list[dict[str, Any]], target: str = TARGET_CHANNEL) -> int:
         """Append a batch of envelopes; return the seq of the last one."""
-        self._log.append(events, target)
-        return self._log.head
+        self._start_sweeper()
+        return self._writer.publish([encode_event(e) for e in events], target)
 
     async def publish_encoded(
         self,
@@ -50,24 +88,28 @@ class EventHub:
         """Append a batch that its publisher encoded with :func:`encode_event`.
 
         A ``publisher`` that keeps several batches in flight numbers them from 0; each is
-        appended after the one before it (``ordering.py``)."""
+        appended after the one before it (``ordering.py``), and its call returns once it is
+        written. A number appended before (a call Ray sent again after a restart) is
+        acknowledged without being appended again."""
+        self._start_sweeper()
         if publisher is None or number is None:
-            self._log.append_encoded(events, target)
-            return self._log.head
-        for batch, batch_target in self._order.admit(
-            publisher, number, (events, target), time.monotonic()
-        ):
-            self._log.append_encoded(batch, batch_target)
+            return self._writer.publish(events, target)
+        return await self._writer.publish_numbered(events, target, publisher, number)
+
+    def _start_sweeper(self) -> None:
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
-        return self._log.head
 
     async def _sweep(self) -> None:
-        """Append what waited too long for a batch that never came."""
+        """Append what waited too long for a batch that never came; apply retention."""
+        writer = self._writer
+        retained_at = time.monotonic()
         while True:
-            await asyncio.sleep(self._order.gap_wait / 2)
-            for batch, target in self._order.overdue(time.monotonic()):
-                self._log.append_encoded(batch, target)
+            await asyncio.sleep(writer.order.gap_wait / 2)
+            writer.sweep()
+            if time.monotonic() - retained_at >= RETAIN_INTERVAL:
+                retained_at = time.monotonic()
+                writer.retain()
 
     async def listen(
         self,
@@ -77,6 +119,7 @@ class EventHub:
         limit: int = 10_000,
         reader: str | None = None,
     ) -> ListenResult:
+        self._start_sweeper()  # retention by age runs also while nothing is published
         if self._faults:
             self._inject_fault(reader)
         return await self._log.listen(epoch, after_seq, timeout, limit, reader)
@@ -119,7 +162,39 @@ class EventHub:
                 raise RuntimeError(message)
 
     async def stats(self) -> dict[str, Any]:
-        return {**self._log.stats(), "batches_waiting": len(self._order)}
+        return {**self._log.stats(), "batches_waiting": len(self._writer.order)}
+
+    async def log_stats(self, frames: bool = False) -> dict[str, Any]:
+        """The store's file and size (``SQLiteEventStore.stats``): it counts the rows (and
+        with ``frames`` decodes them), so not for a loop."""
+        store = self._writer.store
+        return store.stats(frames) if isinstance(store, SQLiteEventStore) else {}
+
+    async def pid(self) -> int:
+        """The hub's process id (tests kill it to see what a crash loses)."""
+        return os.getpid()
+
+    async def constrain_log(self, how: str) -> None:
+        """Fault injection for tests: ``"full"`` caps the SQLite file at its size (the next
+        write that needs a page fails with SQLITE_FULL, as on a full disk), ``"read-only"``
+        opens it again read-only (SQLITE_READONLY), ``"writable"`` undoes both."""
+        store = self._writer.store
+        if not isinstance(store, SQLiteEventStore):
+            raise TypeError(f"the hub's store is a {type(store).__name__}, not SQLite")
+        if how == "full":
+            store.fill()
+        elif how == "read-only":
+            store.reopen(read_only=True)
+        elif how == "writable":
+            store.reopen(read_only=False)
+            store.set_max_pages(2**31 - 2)
+        else:
+            raise ValueError(f"unknown constraint {how!r}")
+
+    async def set_durable(self, durable: bool) -> None:
+        """For benchmarks that compare the hub with and without its file, in one run: while
+        off, publishes are not written (a restart loses them and what came before)."""
+        self._writer.durable = durable
 
     async def head(self) -> tuple[str, int]:
         return self._log.epoch, self._log.head
@@ -175,8 +250,14 @@ class RayHub:
         return reply
 
 
-def ensure_hub(capacity: int = DEFAULT_HISTORY) -> Any:
+def ensure_hub(
+    capacity: int = DEFAULT_HISTORY,
+    state_dir: str | None = None,
+    history_age: float | None = None,
+) -> Any:
     """Create the named, detached hub unless it exists; return its handle."""
-    handle = EventHubActor.options(**runtime.singleton_options(runtime.HUB_NAME)).remote(capacity)
+    handle = EventHubActor.options(**runtime.singleton_options(runtime.HUB_NAME)).remote(
+        capacity, state_dir, history_age
+    )
     ray.get(handle.head.remote())
     return handle

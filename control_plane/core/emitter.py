@@ -16,6 +16,14 @@ The emitter does not look inside what it buffers: a job buffers events it encode
 
 The transport is two callables, so the emitter is tested without Ray: ``send(batch)``
 starts a publish and returns a handle, ``wait(handles, timeout)`` blocks until they are done.
+A ``wait`` that looks at the outcome (:func:`settle_refs`) raises ``TimeoutError`` while a
+publish is not done, and whatever a failed one raised: a batch stays in flight until its
+publish is acknowledged (a hub that restarts gets the call again from Ray, which retries
+it), and a publish that failed makes the emitter fail for good. Every later ``emit``,
+``flush`` and ``wait_for_room`` raises :class:`~control_plane.core.errors.PublishError`
+(:class:`~control_plane.core.errors.EventLogError` when the hub could not write its log),
+so a job learns at its next event that what it emitted since was not delivered, instead of
+losing it silently. :func:`wait_refs` looks at no outcome (a publish that fails is lost).
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
+
+from control_plane.core.errors import PublishError
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +48,22 @@ def wait_refs(refs: list[Any], timeout: float) -> None:
     import ray
 
     ray.wait(refs, num_returns=len(refs), timeout=timeout, fetch_local=False)
+
+
+def settle_refs(refs: list[Any], timeout: float) -> None:
+    """Wait for Ray publishes; raise what a failed one raised, ``TimeoutError`` when they
+    are not all done in time. (``ObjectRef.future()`` is a thread's wait without ``ray.get``.)"""
+    deadline = time.monotonic() + timeout
+    for ref in refs:
+        ref.future().result(max(0.0, deadline - time.monotonic()))
+
+
+def publish_failure(error: BaseException) -> PublishError:
+    """The error an emitter raises after ``error`` failed a publish (Ray's wrapper undone)."""
+    cause = getattr(error, "cause", None) or error
+    if isinstance(cause, PublishError):
+        return type(cause)(cause.message)
+    return PublishError(f"a publish to the event hub failed: {type(cause).__name__}: {cause}")
 
 
 class EventEmitter(Generic[T]):
@@ -70,6 +96,7 @@ class EventEmitter(Generic[T]):
         self._sent_batches = 0
         self._taken = 0  # count of events the flusher took from the buffer
         self._flushed_upto = 0  # count of events handed to send()
+        self.failure: PublishError | None = None  # set once a publish failed; then raised
         self._thread = threading.Thread(target=self._run, name="event-emitter", daemon=True)
         self._thread.start()
 
@@ -81,10 +108,12 @@ class EventEmitter(Generic[T]):
         """Block while ``max_buffer`` events wait for the hub. Producers call this before
         they emit (outside their own locks): a job that outruns the hub is slowed, and its
         memory does not grow."""
+        self._check()
         if len(self._buffer) < self._max_buffer:
             return  # the common case, without the lock: len() of a list is atomic
         with self._cond:
             while len(self._buffer) >= self._max_buffer and not self._closed:
+                self._check()
                 self._urgent = True
                 self._cond.notify_all()
                 self._cond.wait(1.0)
@@ -92,6 +121,7 @@ class EventEmitter(Generic[T]):
     def emit(self, event: T, urgent: bool = False) -> None:
         """Queue one event; thread-safe and never blocks (see :meth:`wait_for_room`)."""
         with self._lock:
+            self._check()
             if self._closed:
                 raise RuntimeError("emitter is closed")
             buffer = self._buffer
@@ -109,19 +139,42 @@ class EventEmitter(Generic[T]):
         """Block until everything emitted so far has reached the hub."""
         deadline = time.monotonic() + timeout
         with self._cond:
+            self._check()
             target = self._taken + len(self._buffer)
             self._urgent = True
             self._cond.notify_all()
             while self._flushed_upto < target:
+                self._check()
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError("events were not handed to the hub in time")
                 self._cond.wait(left)
+            self._check()
             pending = list(self._in_flight)
         if pending:
-            self._wait(pending, max(0.0, deadline - time.monotonic()))
+            try:
+                self._wait(pending, max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise
+            except Exception as e:
+                self._fail(e)
+                self._check()
+
+    def _check(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    def _fail(self, error: BaseException) -> None:
+        """A publish failed: the emitter fails from now on; what is buffered is dropped."""
+        with self._cond:
+            if self.failure is None:
+                self.failure = publish_failure(error)
+                logger.error("events can no longer be published: %s", self.failure)
+            self._buffer = []
+            self._cond.notify_all()
 
     def close(self, timeout: float = 10.0) -> None:
+        """Send what is left and stop; raises like :meth:`flush` (and stops all the same)."""
         try:
             self.flush(timeout)
         finally:
@@ -140,6 +193,9 @@ class EventEmitter(Generic[T]):
                 self._idle = False
                 if self._closed and not self._buffer:
                     return
+                if self.failure is not None:
+                    self._buffer = []
+                    continue
                 if not self._urgent:
                     # Give the batch a moment to fill, unless the last send was an interval
                     # ago; an urgent event or a full batch cuts the wait short.
@@ -160,18 +216,23 @@ class EventEmitter(Generic[T]):
             self._publish(batch)
 
     def _publish(self, batch: list[T]) -> None:
-        while len(self._in_flight) >= self._max_in_flight:
-            oldest = self._in_flight.popleft()
+        while len(self._in_flight) >= self._max_in_flight and self.failure is None:
             try:
-                self._wait([oldest], 30.0)
-            except Exception:
-                logger.warning("a hub publish did not complete", exc_info=True)
+                self._wait([self._in_flight[0]], 30.0)
+            except TimeoutError:
+                # Kept until acknowledged: Ray sends it again to a hub that restarts.
+                logger.warning("a hub publish has not been acknowledged for 30 s; waiting")
+                continue
+            except Exception as e:
+                self._fail(e)
+            self._in_flight.popleft()
         self._last_send = time.monotonic()
-        try:
-            self._in_flight.append(self._send(batch))
-            self._sent_batches += 1
-        except Exception:
-            logger.exception("dropping %d events: the hub could not be reached", len(batch))
+        if self.failure is None:
+            try:
+                self._in_flight.append(self._send(batch))
+                self._sent_batches += 1
+            except Exception as e:
+                self._fail(e)
         with self._cond:
             self._flushed_upto += len(batch)
             self._cond.notify_all()

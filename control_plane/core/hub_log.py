@@ -3,8 +3,11 @@
 The EventHub actor (``hub_actor.py``) is a thin shell around :class:`EventLog`. Every event
 is numbered once, serialised to its JSON frame once, and kept in a bounded history; readers
 hold a cursor (the last ``seq`` they saw) and ask for everything after it. ``epoch`` names
-one life of the log: when the log is new (the hub restarted), old cursors mean nothing and
-readers must be told so rather than silently skip.
+one life of the log: when the log is new (a hub restarted without its store), old cursors
+mean nothing and readers must be told so rather than silently skip. A hub restarted over
+its store (``event_store.py``) restores the log in the same epoch
+(:meth:`EventLog.restore`), and cursors go on. Retention is by count (``capacity``) and,
+when asked, by age (:meth:`EventLog.expire`).
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable
 from itertools import repeat
 from typing import Any, NamedTuple
 
 from control_plane.core.encoding import PROGRESS, Encoded, encode_event
+from control_plane.core.event_store import StoredBatch
 from control_plane.core.protocol import TYPE_RECEIVER_SETS, receivers_of_type
 
 # Where an entry goes. Most events are routed by channel; broadcast reaches every socket;
@@ -157,6 +162,8 @@ class EventLog:
         self._tails: list[str] = []
         self._first_seq = 1  # seq of index 0 of the columns
         self._head = 0
+        # (last seq, time.time()) of each batch, oldest first: for retention by age.
+        self._stamps: deque[tuple[int, float]] = deque()
         self._changed = asyncio.Event()
         self.total_appended = 0
         self._readers: dict[str, _Reader] = {}
@@ -182,9 +189,12 @@ class EventLog:
         self.append_encoded([encode_event(e) for e in events], target)
         return self.read(before) if self._head > before else []
 
-    def append_encoded(self, events: list[Encoded], target: str = TARGET_CHANNEL) -> int:
+    def append_encoded(
+        self, events: list[Encoded], target: str = TARGET_CHANNEL, at: float | None = None
+    ) -> int:
         """Number and store events that :func:`encode_event` made (publishers encode, so the
-        hub only splices the seq into each frame when it sends one); return the head."""
+        hub only splices the seq into each frame when it sends one); return the head.
+        ``at`` is when they were appended (``time.time()``), for :meth:`expire`."""
         if not events:
             return self._head
         types, channels, heads, tails = zip(*events, strict=True)
@@ -195,14 +205,55 @@ class EventLog:
         self._targets.extend(repeat(target, len(types)))
         self._head += len(types)
         self.total_appended += len(types)
+        self._stamps.append((self._head, time.time() if at is None else at))
         overflow = len(self._types) - self.capacity
         # Trim in chunks so that appends stay amortised O(1).
         if overflow > max(1, self.capacity // 10) or (overflow > 0 and self.capacity < 10):
-            for column in (self._types, self._channels, self._targets, self._heads, self._tails):
-                del column[:overflow]
-            self._first_seq += overflow
+            self._drop_through(self._first_seq + overflow - 1)
         self._wake()
         return self._head
+
+    def _drop_through(self, seq: int) -> None:
+        """Forget the entries up to ``seq``."""
+        count = min(len(self._types), seq - self._first_seq + 1)
+        if count <= 0:
+            return
+        for column in (self._types, self._channels, self._targets, self._heads, self._tails):
+            del column[:count]
+        self._first_seq += count
+        stamps = self._stamps
+        while stamps and stamps[0][0] < self._first_seq:
+            stamps.popleft()
+
+    def expire(self, before: float) -> int:
+        """Retention by age: forget the batches appended before ``before`` (a
+        ``time.time()``); return the oldest retained seq."""
+        stamps, through = self._stamps, 0
+        while stamps and stamps[0][1] < before:
+            through = stamps.popleft()[0]
+        self._drop_through(through)
+        return self.oldest
+
+    def restore(self, head: int, batches: Iterable[StoredBatch]) -> None:
+        """Take back what a store kept (``event_store.py``): its batches, contiguous and
+        oldest first, and the last seq ever assigned. Only a log that holds nothing yet."""
+        if self._head or self._types:
+            raise RuntimeError("only an empty log can be restored")
+        batches = list(batches)
+        self._first_seq = batches[0].first_seq if batches else head + 1
+        for batch in batches:
+            if batch.events:
+                types, channels, heads, tails = zip(*batch.events, strict=True)
+                self._types.extend(types)
+                self._channels.extend(channels)
+                self._heads.extend(heads)
+                self._tails.extend(tails)
+                self._targets.extend(repeat(batch.target, len(types)))
+                self._stamps.append((batch.last_seq, batch.at))
+        self._head = self._first_seq + len(self._types) - 1
+        if self._head != head:
+            raise ValueError(f"the restored batches end at {self._head}, the head is {head}")
+        self._drop_through(self._head - self.capacity)
 
     def _hidden(self) -> int:
         """Entries past capacity not trimmed yet (the trim is chunked): not retained."""

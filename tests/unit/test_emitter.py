@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from control_plane.core.emitter import EventEmitter
+from control_plane.core.errors import EventLogError, PublishError
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -25,6 +27,8 @@ class FakeHub:
         self.waits: list[tuple[list[int], float]] = []
         self.gate: threading.Event | None = None  # when set up, send blocks until it is set
         self.fail_next = False
+        self.refuse: Exception | None = None  # when set, wait raises it (a failed publish)
+        self.unacknowledged = 0  # waits that raise TimeoutError (not done yet) first
 
     def send(self, batch: list[dict[str, Any]]) -> int:
         with self.cond:
@@ -43,6 +47,12 @@ class FakeHub:
     def wait(self, handles: list[int], timeout: float) -> None:
         with self.cond:
             self.waits.append((list(handles), timeout))
+            self.cond.notify_all()
+            if self.unacknowledged > 0:
+                self.unacknowledged -= 1
+                raise TimeoutError
+            if self.refuse is not None:
+                raise self.refuse
 
     def events(self) -> list[dict[str, Any]]:
         with self.cond:
@@ -71,7 +81,8 @@ def make(hub: FakeHub) -> Iterator[Callable[..., EventEmitter]]:
     if hub.gate is not None:
         hub.gate.set()
     for emitter in made:
-        emitter.close(timeout=WAIT)
+        with contextlib.suppress(PublishError):  # an emitter a test made fail
+            emitter.close(timeout=WAIT)
         assert not emitter._thread.is_alive()
 
 
@@ -215,17 +226,45 @@ def test_wait_for_room_returns_at_once_while_there_is_room(hub, make):
     assert numbers(hub.events()) == [-1, 0, 1, 2]
 
 
-def test_a_failing_send_drops_that_batch_and_keeps_going(hub, make, caplog):
+def test_a_failing_send_fails_every_later_emit_and_flush(hub, make, caplog):
     caplog.set_level(logging.ERROR, logger="control_plane.core.emitter")
     emitter = make(interval=60.0)
     hub.fail_next = True
     emitter.emit(n(0), urgent=True)
-    emitter.flush(timeout=WAIT)  # does not hang on the lost batch
+    with pytest.raises(PublishError, match="ConnectionError: hub is gone"):
+        emitter.flush(timeout=WAIT)  # does not hang on the lost batch, nor hide it
+    with pytest.raises(PublishError):
+        emitter.emit(n(1), urgent=True)
+    with pytest.raises(PublishError):
+        emitter.flush(timeout=WAIT)
+    assert hub.events() == [] and emitter.sent_batches == 0
+    assert any("can no longer be published" in r.getMessage() for r in caplog.records)
+
+
+def test_a_publish_the_hub_refused_fails_the_emitter_with_the_hubs_error(hub, make):
+    emitter = make(interval=0.001, max_in_flight=1)
+    hub.refuse = EventLogError("the event log /x could not be written: database or disk is full")
+    emitter.emit(n(0), urgent=True)
+    hub.until(lambda: len(hub.batches) == 1)
+    emitter.emit(n(1), urgent=True)  # its send waits for the first publish, which failed
+    hub.until(lambda: emitter.failure is not None)
+    assert isinstance(emitter.failure, EventLogError)
+    for call in (lambda: emitter.emit(n(2)), emitter.flush, emitter.wait_for_room):
+        with pytest.raises(EventLogError, match="disk is full"):
+            call()
+    assert numbers(hub.events()) == [0]  # nothing was sent after the refused publish
+
+
+def test_a_publish_not_acknowledged_yet_stays_in_flight_until_it_is(hub, make):
+    emitter = make(interval=0.001, max_in_flight=1)
+    hub.unacknowledged = 3  # a hub that restarts: the call is retried by Ray meanwhile
+    emitter.emit(n(0), urgent=True)
+    hub.until(lambda: len(hub.batches) == 1)
     emitter.emit(n(1), urgent=True)
+    hub.until(lambda: len(hub.batches) == 2)
+    assert [h for h, _ in hub.waits[:4]] == [[1]] * 4  # the same publish, until it was done
     emitter.flush(timeout=WAIT)
-    assert numbers(hub.events()) == [1]
-    assert emitter.sent_batches == 1
-    assert any("dropping 1 events" in r.getMessage() for r in caplog.records)
+    assert emitter.failure is None and numbers(hub.events()) == [0, 1]
 
 
 def test_close_sends_what_is_left_and_stops_the_thread(hub, make):

@@ -61,3 +61,32 @@ def test_idle_publishers_are_forgotten():
     order.overdue(9.0)
     # forgotten: a new life of the publisher starts from 0 again
     assert order.admit("p", 0, "again", 9.0) == ["again"]
+
+
+def test_a_restored_publisher_goes_on_from_its_next_number_and_earlier_ones_are_duplicates():
+    order: BatchOrder[str] = BatchOrder()
+    order.restore("p", 5, 0.0)  # batches 0..4 were written before the hub restarted
+    assert order.duplicate("p", 4) and order.duplicate("p", 0)
+    assert not order.duplicate("p", 5) and not order.duplicate("q", 0)
+    assert order.admit("p", 6, "g", 0.0) == []  # sent again in another order
+    assert order.admit("p", 5, "f", 0.0) == ["f", "g"]
+    assert order.expected("p") == 7
+
+
+def test_a_number_given_up_on_is_appended_once_when_it_comes_late():
+    order: BatchOrder[str] = BatchOrder(gap_wait=1.0)
+    order.admit("p", 0, "a", 0.0)
+    order.admit("p", 2, "c", 0.0)
+    assert order.overdue(2.0) == ["c"]
+    assert not order.duplicate("p", 1)  # given up on, not appended: it may still come
+    assert order.admit("p", 1, "b", 2.1) == ["b"]
+    assert order.duplicate("p", 1)  # and only once
+
+
+def test_a_rewound_publisher_expects_the_refused_number_again():
+    order: BatchOrder[str] = BatchOrder()
+    assert order.admit("p", 0, "a", 0.0) == ["a"]
+    assert order.admit("p", 1, "b", 0.0) == ["b"]
+    order.rewind("p", 1)  # "b" could not be written
+    assert not order.duplicate("p", 1)
+    assert order.admit("p", 1, "b", 0.0) == ["b"]
