@@ -23,6 +23,7 @@ if TYPE_CHECKING:
         JobError,
         JobFailedError,
         JobNotFoundError,
+        NotSuspendableError,
     )
     from control_plane.handle import JobHandle, get_job, list_jobs, submit
     from control_plane.launcher import ControlPlaneInfo, start, stop
@@ -36,6 +37,7 @@ _EXPORTS = {
     "JobError": "control_plane.core.errors",
     "JobFailedError": "control_plane.core.errors",
     "JobNotFoundError": "control_plane.core.errors",
+    "NotSuspendableError": "control_plane.core.errors",
     "JobHandle": "control_plane.handle",
     "get_job": "control_plane.handle",
     "list_jobs": "control_plane.handle",
@@ -60,6 +62,7 @@ __all__ = [
     "JobOptions",
     "JobState",
     "JobStatus",
+    "NotSuspendableError",
     "get_job",
     "list_jobs",
     "start",

@@ -23,7 +23,9 @@ class JobHandle:
 
     @property
     def actor(self) -> ActorHandle:
-        """The job's Ray actor (``pause``, ``resume``, ``cancel``, ``status`` methods)."""
+        """The job's Ray actor (``pause``, ``resume``, ``cancel``, ``suspend``, ``status``
+        methods). A job restarted after its actor died, or resumed after a suspend, has a
+        new one: ``control_plane.get_job(job_id).actor`` gives it."""
         if self._actor is None:
             raise ValueError(f"job {self.job_id} has finished; its actor is gone")
         return self._actor
@@ -48,6 +50,11 @@ class JobHandle:
 
     def cancel(self) -> JobStatus:
         return _call("cancel_job", self.job_id)
+
+    def suspend(self) -> JobStatus:
+        """Stop at the next checkpoint and free the job's actor; :meth:`resume` starts a new
+        one from the last ``ctx.save`` (``NotSuspendableError`` for a job that never saved)."""
+        return _call("suspend_job", self.job_id)
 
     def wait(self, timeout: float | None = None) -> Any:
         """Block until the job ends; return its value or raise its typed error."""

@@ -36,6 +36,13 @@ class JobController:
         status: JobStatus = await self._actor().cancel_job.remote(job_id)
         return status
 
+    async def suspend_job(self, job_id: str) -> JobStatus:
+        """Stop the job at its next checkpoint and end its actor (its resources are freed);
+        ``resume_job`` starts it again, maybe on another node, from its last ``ctx.save``.
+        A job that never saved raises :class:`~control_plane.core.errors.NotSuspendableError`."""
+        status: JobStatus = await self._actor().suspend_job.remote(job_id)
+        return status
+
     async def get_status(self, job_id: str) -> JobStatus:
         status: JobStatus = await self._actor().get_status.remote(job_id)
         return status

@@ -5,11 +5,17 @@ worker thread). ``pause``, ``resume``, ``cancel`` and ``status`` live in the ``c
 concurrency group, which Ray runs on its own thread and event loop, so they answer even
 while the body holds its loop. A body that never reaches a checkpoint is killed when the
 cancel grace period runs out and reported ``job.cancelled`` with ``forced: true``.
+
+The controller calls :meth:`JobActor.execute`, which runs the body and hands its outcome to
+the controller's store before it returns (``jobs/persistence.py``), so that a result
+outlives both this actor and a controller that died meanwhile. ``suspend`` stops the body
+at its next checkpoint for a new actor to resume from its last ``ctx.save``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import inspect
 import itertools
@@ -21,19 +27,22 @@ from typing import Any
 
 import ray
 from pydantic import BaseModel, Field
+from ray import cloudpickle
 
-from control_plane.core.emitter import EventEmitter, wait_refs
+from control_plane.core.emitter import EventEmitter, settle_refs
 from control_plane.core.encoding import Encoded
-from control_plane.core.errors import JobCancelledError, JobFailedError
+from control_plane.core.errors import JobCancelledError, JobError, JobFailedError, PublishError
 from control_plane.core.hub_log import TARGET_CHANNEL
 from jobs.context import (
     CancelRequested,
     JobContext,
     JobControl,
+    SuspendRequested,
     describe_error,
     result_preview,
 )
 from jobs.lifecycle import JobState, JobStatus, Trigger
+from jobs.persistence import StoreCheckpointer, hand_over
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +53,7 @@ CONTROL_GROUP = "control"
 # 116 KB, 300 to about 70 KB, with room for a short message each).
 PUBLISH_BATCH = 300
 PUBLISHES_IN_FLIGHT = 4  # hub calls a job keeps going at once (the hub restores their order)
+FINAL_FLUSH_TIMEOUT = 120.0  # seconds a finished job waits for its events to be acknowledged
 
 
 class JobOptions(BaseModel):
@@ -55,6 +65,9 @@ class JobOptions(BaseModel):
     resources: dict[str, float] = Field(default_factory=dict)
     runtime_env: dict[str, Any] | None = None
     emit_interval: float = Field(0.005, gt=0, description="seconds the emitter batches events")
+    max_restarts: int = Field(
+        3, ge=0, description="new actors for a job whose actor died (worker crash, node loss)"
+    )
 
 
 def resolve_target(target: str | Callable[..., Any]) -> Callable[..., Any]:
@@ -91,6 +104,7 @@ class JobActor:
         options: JobOptions,
         hub: Any,
         controller: Any,
+        restored: bytes | None = None,
     ) -> None:
         self._target = target
         self._args = args
@@ -98,14 +112,16 @@ class JobActor:
         self._options = options
         self._controller = controller
         # JobControl encodes its events, so a batch goes to the hub as it is. Several are in
-        # flight; the hub puts them back in order by their numbers.
+        # flight; the hub puts them back in order by their numbers, and appends a number it
+        # has once (Ray sends the calls in flight again to a restarted hub). A publish that
+        # fails fails the emitter, and the body at its next event (settle_refs).
         numbers = itertools.count()
         publisher = f"{job_id}-{uuid.uuid4().hex[:8]}"
         self._emitter: EventEmitter[Encoded] = EventEmitter(
             lambda batch: hub.publish_encoded.remote(
                 batch, TARGET_CHANNEL, publisher, next(numbers)
             ),
-            wait_refs,
+            settle_refs,
             interval=options.emit_interval,
             max_batch=PUBLISH_BATCH,
             max_in_flight=PUBLISHES_IN_FLIGHT,
@@ -114,6 +130,12 @@ class JobActor:
             job_id, name, owner, created_at, self._emitter.emit, self._emitter.wait_for_room
         )
         self._context: JobContext | None = None
+        # A run that continues an earlier one gets the state it saved last (pickled by the
+        # controller's store); saving goes through the controller into that store.
+        if restored is not None:
+            self._control.restored = cloudpickle.loads(restored)
+            self._control.has_saved = True
+        self._control.checkpointer = StoreCheckpointer(job_id, controller)
 
     async def run(self) -> Any:
         """Run the body to its end; return its value or raise a typed job error."""
@@ -134,22 +156,95 @@ class JobActor:
             else:
                 value = await fn(ctx, *self._args, **self._kwargs)
         except CancelRequested:
-            control.finish(Trigger.STOPPED, forced=False)
-            await self._wrap_up()
+            await self._finish(Trigger.STOPPED, forced=False)
             raise JobCancelledError(job_id, forced=False) from None
         except Exception as e:
             error = describe_error(e)
             if control.state is JobState.CANCELLED:
-                await self._wrap_up()
+                with contextlib.suppress(PublishError):  # the cancel is what ended it
+                    await self._wrap_up()
                 raise JobCancelledError(job_id, forced=control.forced) from None
-            control.finish(Trigger.FAIL, error=error)
-            await self._wrap_up()
+            await self._finish(Trigger.FAIL, error=error, cause=e)
             raise JobFailedError(job_id, error, traceback.format_exc()) from e
         if control.state is JobState.CANCELLED:  # killed meanwhile; the result is void
             raise JobCancelledError(job_id, forced=control.forced)
-        control.finish(Trigger.COMPLETE, result=result_preview(value))
-        await self._wrap_up()
+        await self._finish(Trigger.COMPLETE, result=result_preview(value))
         return value
+
+    async def _finish(
+        self, trigger: Trigger, cause: BaseException | None = None, **data: Any
+    ) -> None:
+        """Emit the final event and wrap up once the hub acknowledged every event (a hub
+        that restarts meanwhile gets them again). When the job's events could not be
+        published (the hub's event log refused them), it fails with that reason, whatever
+        the body did: the final event, refused too, must not hide why."""
+        unacknowledged = False
+        with contextlib.suppress(PublishError):  # the emitter's failure, raised below
+            self._control.finish(trigger, **data)
+        try:
+            await asyncio.to_thread(self._emitter.flush, FINAL_FLUSH_TIMEOUT)
+        except PublishError:
+            pass
+        except TimeoutError:
+            unacknowledged = True
+        with contextlib.suppress(PublishError, TimeoutError):
+            await self._wrap_up()
+        failure = self._emitter.failure
+        if failure is None and not unacknowledged:
+            return
+        if failure is not None:
+            reason = f"its events could not be published: {failure.message}"
+        else:
+            reason = (
+                f"the event hub did not acknowledge its last events in {FINAL_FLUSH_TIMEOUT:g} s"
+            )
+        raise JobFailedError(self._control.job_id, reason) from (cause or failure)
+
+    async def execute(self) -> Any:
+        """What the controller calls: :meth:`run`, then hand its outcome to the controller,
+        which keeps it in its store, before returning. A job that ends while the controller
+        is down (Ray restarts it) so loses nothing: the hand-over waits for it."""
+        control = self._control
+        try:
+            value = await self.run()
+        except SuspendRequested:
+            control.park()
+            with contextlib.suppress(PublishError):  # the store has what it resumes from
+                await self._wrap_up()
+            await self._hand_over("suspended", None)
+            return None
+        except JobError as e:
+            await self._hand_over("error", e)
+            raise
+        await self._hand_over("value", value)
+        return value
+
+    async def _hand_over(self, kind: str, payload: Any) -> None:
+        control = self._control
+        try:
+            await hand_over(self._controller, control.job_id, kind, payload, control.status())
+        finally:
+            control.end()
+
+    @ray.method(concurrency_group=CONTROL_GROUP)
+    async def wait_finished(self) -> JobState:
+        """Return once the run is over and its outcome handed on (a controller that Ray
+        restarted watches its jobs' actors with this: the call fails when the actor dies)."""
+        control = self._control
+        await control.wait_for(lambda: control.ended)
+        return control.state
+
+    @ray.method(concurrency_group=CONTROL_GROUP)
+    async def suspend(self) -> JobStatus:
+        """Stop the job at its next checkpoint for a later resume from its last save; return
+        once it stopped, or its status when no checkpoint came within ``pause_timeout``."""
+        control = self._control
+        control.request_suspend()
+        await control.wait_for(
+            lambda: control.state is JobState.SUSPENDED or control.state.terminal,
+            self._options.pause_timeout,
+        )
+        return control.status()
 
     async def _wrap_up(self) -> None:
         self._cancel_tasks()

@@ -14,9 +14,10 @@ import json
 import threading
 from collections.abc import Awaitable, Callable, Generator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from control_plane.core.encoding import Encoded, ProgressEncoder, encode_event
+from control_plane.core.errors import InvalidTransitionError, NotSuspendableError
 from control_plane.core.protocol import STATE_BY_EVENT, make_event, utc_now_iso
 from jobs.lifecycle import JobState, JobStatus, Trigger, next_state
 
@@ -41,6 +42,21 @@ class CancelRequested(BaseException):
     A ``BaseException`` (like ``asyncio.CancelledError``) so that a body's broad
     ``except Exception`` does not swallow the cancel.
     """
+
+
+class SuspendRequested(BaseException):
+    """Raised at a checkpoint once the job is to be suspended: the body stops there, and a
+    new actor starts it again from its last ``ctx.save``. A ``BaseException`` for the same
+    reason as :class:`CancelRequested`."""
+
+
+class Checkpointer(Protocol):
+    """Makes a ``ctx.save`` state durable (the job actor's: through the controller's store).
+    Each call returns once the state is stored."""
+
+    async def save_async(self, state: Any) -> None: ...
+
+    def save_blocking(self, state: Any) -> None: ...
 
 
 class _Done:
@@ -78,6 +94,13 @@ class JobControl:
         self.error: str | None = None
         self.forced = False
         self.cancel_requested = False
+        self.suspend_requested = False
+        # The state the last run saved (None on a first run), and whether this job has a
+        # saved state at all (a restored one counts): only then can it be suspended.
+        self.restored: Any = None
+        self.has_saved = False
+        self.checkpointer: Checkpointer | None = None
+        self.ended = False  # the run is over and its outcome handed on (the actor's)
         self._emit = emit
         self._progress = ProgressEncoder(job_id)
         # Backpressure for the body: called outside the lock before the body emits, so a
@@ -147,6 +170,9 @@ class JobControl:
 
     def resume(self) -> None:
         with self._lock:
+            if self.state is JobState.SUSPENDED:  # its run is over: a new actor resumes it
+                raise InvalidTransitionError(self.job_id, self.state.value, "resume")
+            self.suspend_requested = False  # a suspend not carried out yet is called off
             was = self.state
             if self._move(Trigger.RESUME) and was is JobState.PAUSED:
                 self.emit("job.resumed", urgent=True)
@@ -157,11 +183,48 @@ class JobControl:
                 self._move(Trigger.CANCEL)
                 self.emit("job.cancelled", urgent=True, forced=False)
                 return
+            if self.state is JobState.SUSPENDED:  # its run is over: the controller cancels
+                raise InvalidTransitionError(self.job_id, self.state.value, "cancel")
             next_state(self.job_id, self.state, Trigger.CANCEL)  # raises on a finished job
             if not self.state.terminal and not self.cancel_requested:
                 self.cancel_requested = True
                 self.updated_at = utc_now_iso()
                 self._notify()
+
+    def request_suspend(self) -> None:
+        """Ask the body to stop at its next checkpoint (:class:`NotSuspendableError` when it
+        has nothing saved to resume from)."""
+        with self._lock:
+            if self.state.terminal or self.state is JobState.SUSPENDED:
+                next_state(self.job_id, self.state, Trigger.SUSPEND)  # raises, or a no-op
+                return
+            if self.state is JobState.PENDING:
+                raise InvalidTransitionError(self.job_id, self.state.value, "suspend")
+            if not self.has_saved:
+                raise NotSuspendableError(self.job_id, self.state.value)
+            if not self.suspend_requested:
+                self.suspend_requested = True
+                self.updated_at = utc_now_iso()
+                self._notify()
+
+    def park(self) -> bool:
+        """The body stopped for a suspend: move to ``suspended`` and emit ``job.suspended``."""
+        with self._lock:
+            if self.state.terminal or self.state is JobState.SUSPENDED:
+                return False
+            self._move(Trigger.PARK)
+            self.emit("job.suspended", urgent=True, progress=self.progress)
+            return True
+
+    def end(self) -> None:
+        """The run is over and its outcome handed on: wake whoever waits for that."""
+        with self._lock:
+            self.ended = True
+            self._notify()
+
+    def saved(self) -> None:
+        with self._lock:
+            self.has_saved = True
 
     def finish(self, trigger: Trigger, **data: Any) -> bool:
         """Move to a terminal state and emit its event; False if already finished."""
@@ -200,6 +263,8 @@ class JobControl:
         """Act on a pending pause or cancel; return True while the body must stay held."""
         if self.cancel_requested:
             raise CancelRequested
+        if self.suspend_requested:
+            raise SuspendRequested
         if self.state is JobState.PAUSING:
             self._move(Trigger.HOLD)
             self.emit("job.paused", urgent=True, progress=self.progress)
@@ -211,13 +276,23 @@ class JobControl:
                 self._cond.wait()
 
     async def checkpoint_async(self) -> None:
-        if self.state is JobState.RUNNING and not self.cancel_requested:
+        if (
+            self.state is JobState.RUNNING
+            and not self.cancel_requested
+            and not self.suspend_requested
+        ):
             return  # the common case: nothing asked, no lock, no wait
         while True:
             with self._lock:
                 if not self._at_checkpoint():
                     return
-            await self.wait_for(lambda: self.state is not JobState.PAUSED or self.cancel_requested)
+            await self.wait_for(
+                lambda: (
+                    self.state is not JobState.PAUSED
+                    or self.cancel_requested
+                    or self.suspend_requested
+                )
+            )
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float | None = None) -> bool:
         """Wait on the calling loop until ``predicate()`` holds; False on timeout."""
@@ -270,7 +345,10 @@ class Agent:
         if exc is None:
             self._control.emit_from_body("agent.completed", agent_id=self.agent_id)
         else:
-            error = "cancelled" if isinstance(exc, CancelRequested) else _describe(exc)
+            if isinstance(exc, CancelRequested | SuspendRequested):
+                error = "cancelled" if isinstance(exc, CancelRequested) else "suspended"
+            else:
+                error = _describe(exc)
             self._control.emit_from_body("agent.failed", agent_id=self.agent_id, error=error)
 
     def __enter__(self) -> Agent:
@@ -321,6 +399,30 @@ class JobContext:
             self._control.checkpoint_blocking()
             return _DONE
         return self._control.checkpoint_async()
+
+    @property
+    def restored(self) -> Any:
+        """The state this job last gave :meth:`save`, when this run continues an earlier one
+        (after its actor died, or a suspend); None on a first run."""
+        return self._control.restored
+
+    def save(self, state: Any) -> Awaitable[None]:
+        """Keep ``state`` (a small JSON- or pickle-able value) for a later run: the next run
+        after a lost actor or a suspend finds it in :attr:`restored`. Returns once it is
+        stored; ``await ctx.save(s)`` in an ``async def`` body, ``ctx.save(s)`` in a plain
+        ``def`` body. A job that has saved can be suspended; it resumes from its last save."""
+        checkpointer = self._control.checkpointer
+        if checkpointer is None:
+            raise RuntimeError("this job runs without a store for its saved state")
+        if self._blocking:
+            checkpointer.save_blocking(state)
+            self._control.saved()
+            return _DONE
+        return self._save_async(checkpointer, state)
+
+    async def _save_async(self, checkpointer: Checkpointer, state: Any) -> None:
+        await checkpointer.save_async(state)
+        self._control.saved()
 
     def progress(self, percent: float, message: str | None = None) -> None:
         """Report progress, 0-100, with an optional message."""

@@ -1,4 +1,5 @@
-"""Example jobs: ``countdown``, ``agents_pipeline``, ``fail`` and a few for testing edges."""
+"""Example jobs: ``countdown``, ``agents_pipeline``, ``fail``, ``resumable_sum`` (saves its
+state) and a few for testing edges."""
 
 from __future__ import annotations
 
@@ -27,6 +28,22 @@ def countdown_sync(ctx: JobContext, steps: int = 10, delay: float = 0.1) -> dict
         time.sleep(delay)
         ctx.progress(100 * (i + 1) / steps, f"step {i + 1}/{steps}")
     return {"steps": steps}
+
+
+async def resumable_sum(ctx: JobContext, steps: int = 10, delay: float = 0.1) -> dict[str, Any]:
+    """Add up ``0 .. steps-1``, a step every ``delay`` seconds, saving after each: a run
+    after a lost actor or a suspend goes on from the last save (``resumed_from`` says where,
+    ``runs`` how many runs it took), and the total is right whatever happened."""
+    state = ctx.restored or {"next": 0, "total": 0, "runs": 0}
+    state = {**state, "runs": state["runs"] + 1}
+    resumed_from = state["next"]
+    for i in range(resumed_from, steps):
+        await ctx.checkpoint()  # a pause waits here; a cancel or a suspend raises here
+        await asyncio.sleep(delay)
+        state = {**state, "next": i + 1, "total": state["total"] + i}
+        await ctx.save(state)
+        ctx.progress(100 * (i + 1) / steps, f"step {i + 1}/{steps}")
+    return {"steps": steps, "total": state["total"], "resumed_from": resumed_from, **state}
 
 
 @ray.remote(num_cpus=0.25)

@@ -7,10 +7,18 @@
        │                  └──────────────────────────────────────┐
        └──────────────▶ completed | failed | cancelled ◀──────────┘
 
+    running | pausing | paused ──park──▶ suspended ──resume──▶ pending (a new actor)
+    running | pausing | paused ──restart──▶ pending (its actor died; a new one)
+
 ``pause`` and ``cancel`` act at the job's checkpoints: ``pausing`` becomes ``paused`` once the
 body reaches one; ``cancel`` makes the next checkpoint raise. A command that is already
 satisfied (pause while paused) changes nothing; a command on a finished job raises
 :class:`~control_plane.errors.InvalidTransitionError`.
+
+``suspend`` acts at a checkpoint too (``park``): the body stops there, its actor ends and
+frees its resources, and the job waits in ``suspended`` (not terminal) with its last
+``ctx.save`` state, until ``resume`` makes a new actor that starts from it. ``restart`` is the
+controller's: the job's actor died and a new one starts from the last save.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ class JobState(StrEnum):
     COMPLETED = "completed"  # the body returned; the result is available
     FAILED = "failed"  # the body raised
     CANCELLED = "cancelled"  # cancelled at a checkpoint, or killed after the grace period
+    SUSPENDED = "suspended"  # stopped at a checkpoint, no actor; resume starts it from its save
 
     @property
     def terminal(self) -> bool:
@@ -49,6 +58,9 @@ class Trigger(StrEnum):
     COMPLETE = "complete"  # the body returned
     FAIL = "fail"  # the body raised
     STOPPED = "stopped"  # the body ended because of a cancel (or was killed)
+    SUSPEND = "suspend"  # command; a running body is stopped at its next checkpoint
+    PARK = "park"  # the body stopped at a checkpoint because of a suspend
+    RESTART = "restart"  # the job's actor died; the controller starts a new one
 
 
 S, T = JobState, Trigger
@@ -71,6 +83,15 @@ TRANSITIONS: dict[tuple[JobState, Trigger], JobState] = {
     (S.RUNNING, T.STOPPED): S.CANCELLED,
     (S.PAUSING, T.STOPPED): S.CANCELLED,
     (S.PAUSED, T.STOPPED): S.CANCELLED,
+    (S.RUNNING, T.PARK): S.SUSPENDED,
+    (S.PAUSING, T.PARK): S.SUSPENDED,
+    (S.PAUSED, T.PARK): S.SUSPENDED,
+    (S.SUSPENDED, T.RESUME): S.PENDING,
+    (S.SUSPENDED, T.CANCEL): S.CANCELLED,
+    (S.PENDING, T.RESTART): S.PENDING,
+    (S.RUNNING, T.RESTART): S.PENDING,
+    (S.PAUSING, T.RESTART): S.PENDING,
+    (S.PAUSED, T.RESTART): S.PENDING,
 }
 # Commands already satisfied: accepted, nothing changes.
 NO_OPS = frozenset(
@@ -84,6 +105,11 @@ NO_OPS = frozenset(
         (S.RUNNING, T.CANCEL),
         (S.PAUSING, T.CANCEL),
         (S.PAUSED, T.CANCEL),
+        # suspend likewise: the state moves at PARK, at the body's next checkpoint
+        (S.RUNNING, T.SUSPEND),
+        (S.PAUSING, T.SUSPEND),
+        (S.PAUSED, T.SUSPEND),
+        (S.SUSPENDED, T.SUSPEND),
     }
 )
 

@@ -1,15 +1,26 @@
 """The controller actor: creates job actors, owns their results, routes commands.
 
 A named, detached actor, so jobs belong to the control plane and not to the driver that
-submitted them. It holds the ObjectRef of every job's ``run`` call (so results outlive the
-submitting driver), keeps the :class:`~control_plane.controller.JobRegistry` in step by
+submitted them. It keeps the :class:`~control_plane.core.registry.JobRegistry` in step by
 listening to the hub like any other reader, and publishes ``system.*`` events.
+
+What must outlive it is in its store (``<state dir>/registry.sqlite3``,
+:mod:`control_plane.core.registry_store`): each job's row (written at submit and as its
+events come), its outcome (each job actor hands it over before its run returns, waiting
+for a controller that is down), and its last ``ctx.save`` state. Ray restarts the
+controller by running ``__init__`` again: the registry is read back from the store, and on
+its first call (:meth:`Controller.start`; the gateway's health check makes one every few
+seconds) the controller finds each active job's actor again by its name and watches it
+with a ``wait_finished`` call, which fails when the actor dies, as the run's own ObjectRef
+(gone with the old process) did. A job whose actor is gone is restarted from its last save
+(``JobOptions.max_restarts``, ``job.restarted``), else failed with the reason.
 """
 
 from __future__ import annotations
 
 import asyncio
 import getpass
+import itertools
 import logging
 import time
 import uuid
@@ -17,10 +28,11 @@ from collections.abc import Callable
 from typing import Any
 
 import ray
+from ray import cloudpickle
 from ray.actor import ActorHandle
 from ray.exceptions import GetTimeoutError, RayActorError
 
-from control_plane.actors import runtime
+from control_plane.actors import runtime, state_dir
 from control_plane.actors.hub import RayHub
 from control_plane.core.emitter import EventEmitter, wait_refs
 from control_plane.core.encoding import encode_event
@@ -30,7 +42,7 @@ from control_plane.core.errors import (
     JobFailedError,
     JobNotFoundError,
 )
-from control_plane.core.hub_log import LogEntry, ReaderFilter
+from control_plane.core.hub_log import TARGET_CHANNEL, LogEntry, ReaderFilter
 from control_plane.core.protocol import (
     JOB_CHANNEL_PREFIX,
     SYSTEM_CHANNEL,
@@ -39,7 +51,18 @@ from control_plane.core.protocol import (
     utc_now_iso,
 )
 from control_plane.core.reader import HubReader, Reset
-from control_plane.core.registry import IdempotencyCache, JobRecord, JobRegistry
+from control_plane.core.registry import (
+    IdempotencyCache,
+    JobRecord,
+    JobRegistry,
+    record_from_stored,
+    stored_state,
+)
+from control_plane.core.registry_store import (
+    RegistryStore,
+    SqliteRegistryStore,
+    StoredOutcome,
+)
 from control_plane.core.system import AlertRules, SystemConfig, collect_cluster_metrics
 from jobs.actor import JobActorRemote, JobOptions, target_name
 from jobs.lifecycle import JobState, JobStatus
@@ -53,27 +76,48 @@ def death_reason(error: BaseException) -> str:
     said = [line for line in said if line.startswith("The actor")]
     why = [line for line in said if "because" in line]  # "... because its node has died."
     if why or said:
-        return f"job actor died: {(why or said)[0][:300]}"
+        first = (why or said)[0].split(" Worker exit detail:")[0]  # Ray's advice, not a reason
+        return f"job actor died: {first[:300]}"
     return f"job actor died: {type(error).__name__}"
 
 
 STATUS_TIMEOUT = 5.0
 REAP_DELAY = 0.5
 SETTLE_TIMEOUT = 5.0
+NAME_RELEASE_TIMEOUT = 30.0  # a dead job actor's name is released by the GCS after a moment
+COMMANDS = ("pause", "resume", "cancel", "suspend")
 
 
 class Controller:
-    def __init__(self, config: SystemConfig | None = None) -> None:
+    def __init__(
+        self, config: SystemConfig | None = None, state_dir_path: str | None = None
+    ) -> None:
         self._config = config or SystemConfig()
         self._hub = runtime.hub()
         self._self: ActorHandle | None = None
         self._registry = JobRegistry()
         self._actors: dict[str, ActorHandle] = {}
-        self._runs: dict[str, ray.ObjectRef[Any]] = {}
-        self._options: dict[str, JobOptions] = {}
+        # Each job's pickled (target, args, kwargs, options), to make its actor again.
+        self._specs: dict[str, bytes] = {}
+        # The final status each job actor handed over with its outcome, until the registry
+        # has the job's terminal event (or gives up waiting and records this instead).
+        self._final: dict[str, JobStatus] = {}
+        self._runs: dict[str, object] = {}  # each job's current run (a token per actor made)
+        self._store: RegistryStore = SqliteRegistryStore(
+            state_dir.resolve(state_dir_path) / state_dir.REGISTRY_FILE
+        )
+        self._recovery: asyncio.Task[None] | None = None
+        self._stopping = False
         self._rules = AlertRules(self._config)
+        # Numbered batches (one numbering per life of the controller): a batch that Ray sends
+        # again after a hub restart is appended once. A failed publish is logged, not sticky:
+        # the controller's own events must not stop for good after one.
+        numbers = itertools.count()
+        publisher = f"controller-{uuid.uuid4().hex[:8]}"
         self._emitter: EventEmitter[dict[str, Any]] = EventEmitter(
-            lambda batch: self._hub.publish_encoded.remote([encode_event(e) for e in batch]),
+            lambda batch: self._hub.publish_encoded.remote(
+                [encode_event(e) for e in batch], TARGET_CHANNEL, publisher, next(numbers)
+            ),
             wait_refs,
         )
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -95,6 +139,25 @@ class Controller:
             batch=10_000,
         )
         self._metrics: asyncio.Task[None] | None = None
+        self._load()
+        if any(_is_active(r) for r in self._registry.records()):
+            # Restarted by Ray with jobs to watch: start (and recover) without waiting for
+            # a caller. A call to itself runs once __init__ has returned.
+            try:
+                ray.get_runtime_context().current_actor.start.remote()
+            except Exception:
+                logger.warning("controller: could not schedule its start", exc_info=True)
+
+    def _load(self) -> None:
+        """Read the registry back from the store (a controller that Ray restarted)."""
+        for job in self._store.jobs():
+            record = record_from_stored(job)
+            self._registry.add(record)
+            self._specs[job.job_id] = job.spec
+            if record.state.terminal:
+                self._done.setdefault(job.job_id, asyncio.Event()).set()
+        if self._specs:
+            logger.info("controller restored %d jobs from its store", len(self._specs))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -116,6 +179,30 @@ class Controller:
         if self._metrics is None or self._metrics.done():
             self._metrics = asyncio.get_running_loop().create_task(self._metrics_loop())
         await self._feed.ready()
+        if self._recovery is None:
+            self._recovery = asyncio.get_running_loop().create_task(self._recover())
+        await asyncio.shield(self._recovery)
+
+    async def _recover(self) -> None:
+        """Watch the actors of the active jobs the store names again; a job whose actor died
+        while no controller watched is restarted or failed now. Then ask the live ones where
+        they are: their events while the controller was down did not reach its registry."""
+        try:
+            for record in self._registry.records():
+                job_id = record.job_id
+                if not _is_active(record) or job_id in self._actors:
+                    continue
+                name = runtime.job_actor_name(job_id)
+                actor = await asyncio.to_thread(runtime.get_actor, name)
+                if actor is None:
+                    await self._died(job_id, "job actor gone while the controller was down")
+                    continue
+                self._actors[job_id] = actor
+                run = self._runs[job_id] = object()
+                self._spawn(self._watch(job_id, actor, actor.wait_finished.remote(), run))
+            await self._resync()
+        except Exception:
+            logger.exception("controller: recovering jobs failed")
 
     # --- submitting ----------------------------------------------------------------------
 
@@ -134,85 +221,213 @@ class Controller:
         name = name or target_name(target)
         owner = owner or getpass.getuser()
         created_at = utc_now_iso()
+        spec = cloudpickle.dumps((target, tuple(args), dict(kwargs or {}), options))
+        record = JobRecord(job_id, name, owner, created_at, updated_at=created_at)
+        self._registry.add(record)
+        self._specs[job_id] = spec
+        self._store.put_job(stored_state(record, spec=spec))
+        created = make_event(
+            "job.created",
+            {"job_id": job_id, "status": status_for("job.created"), "name": name, "owner": owner},
+        )
+        # Sent to the hub before the actor exists, so that it comes before every event of
+        # the job: through the emitter it could wait behind a slow publish while a fast job
+        # (a cached worker starts it in milliseconds) ran to its end. Not awaited: under
+        # the load of starting workers a hub round trip took 80-200 ms of each submit.
+        self._spawn(_published(self._hub.publish_encoded.remote([encode_event(created)]), job_id))
+        try:
+            actor = await self._launch(job_id)
+        except BaseException as e:
+            self._registry.remove(job_id)
+            self._specs.pop(job_id, None)
+            self._store.forget([job_id])
+            failed = {"job_id": job_id, "status": "failed", "error": f"could not start: {e!r}"}
+            self._emitter.emit(make_event("job.failed", failed), True)  # after job.created
+            raise
+        return job_id, actor
+
+    def _spec(self, job_id: str) -> tuple[Any, tuple[Any, ...], dict[str, Any], JobOptions]:
+        target, args, kwargs, options = cloudpickle.loads(self._specs[job_id])
+        return target, args, kwargs, options
+
+    async def _launch(self, job_id: str) -> ActorHandle:
+        """Make the job's actor (again: after a death or a suspend, from its last save) and
+        watch its run."""
+        target, args, kwargs, options = self._spec(job_id)
+        record = self._record(job_id)
         actor_options: dict[str, Any] = {
             "name": runtime.job_actor_name(job_id),
             "namespace": runtime.NAMESPACE,
             "lifetime": "detached",
             "num_cpus": options.num_cpus,
-            "max_restarts": 0,
+            "max_restarts": 0,  # the controller restarts jobs, from their last save
         }
         if options.resources:
             actor_options["resources"] = options.resources
         if options.runtime_env:
             actor_options["runtime_env"] = options.runtime_env
-        actor = JobActorRemote.options(**actor_options).remote(
-            job_id,
-            target,
-            tuple(args),
-            dict(kwargs or {}),
-            name,
-            owner,
-            created_at,
-            options,
-            self._hub,
-            self._self,
-        )
-        self._registry.add(JobRecord(job_id, name, owner, created_at, updated_at=created_at))
-        self._actors[job_id] = actor
-        self._options[job_id] = options
-        self._emitter.emit(
-            make_event(
-                "job.created",
-                {
-                    "job_id": job_id,
-                    "status": status_for("job.created"),
-                    "name": name,
-                    "owner": owner,
-                },
-            ),
-            True,
-        )
-        ref = actor.run.remote()
-        self._runs[job_id] = ref
-        self._spawn(self._watch(job_id, actor, ref))
-        return job_id, actor
-
-    async def _watch(self, job_id: str, actor: ActorHandle, ref: ray.ObjectRef[Any]) -> None:
-        """Wait for the run to end, report a death no one saw, let the registry catch up with
-        the job's last events, then free the job's actor."""
-        try:
-            await ref
-        except RayActorError as e:
-            record = self._registry.get(job_id)
-            if record is not None and not await self._settled(job_id, 1.0):
-                reason = death_reason(e)
-                self._emitter.emit(
-                    make_event(
-                        "job.failed",
-                        {"job_id": job_id, "status": status_for("job.failed"), "error": reason},
-                    ),
-                    True,
-                )
-        except Exception:
-            pass  # a typed job error: the actor already reported it
-        finally:
-            await self._settled(job_id, SETTLE_TIMEOUT)
-            self._actors.pop(job_id, None)
+        restored = self._store.checkpoint(job_id)
+        run = self._runs[job_id] = object()  # the watches of earlier runs step aside
+        previous = self._actors.pop(job_id, None)
+        if previous is not None:  # a run stopped for a suspend, its actor not freed yet
+            _kill(previous, job_id)
+        deadline = time.monotonic() + NAME_RELEASE_TIMEOUT
+        while True:
             try:
-                ray.kill(actor, no_restart=True)
-            except Exception:
-                logger.debug("job actor %s already gone", job_id, exc_info=True)
+                actor = JobActorRemote.options(**actor_options).remote(
+                    job_id,
+                    target,
+                    args,
+                    kwargs,
+                    record.name,
+                    record.owner,
+                    record.created_at,
+                    options,
+                    self._hub,
+                    self._self,
+                    restored,
+                )
+                break
+            except ValueError:  # the name of the job's dead actor is not released yet
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+        self._actors[job_id] = actor
+        self._final.pop(job_id, None)  # an earlier run's word
+        self._spawn(self._watch(job_id, actor, actor.execute.remote(), run))
+        return actor
+
+    async def _watch(self, job_id: str, actor: ActorHandle, waiter: Any, run: object) -> None:
+        """Wait for the run to end (``waiter``: its ``execute`` call, or ``wait_finished``
+        after a controller restart); a death no one reported restarts the job or fails it.
+        Then let the registry catch up with the job's last events and free its actor. A
+        newer ``run`` of the job (a resume) makes this watch step aside."""
+
+        def superseded() -> bool:
+            return self._runs.get(job_id) is not run
+
+        died: str | None = None
+        try:
+            await waiter
+        except RayActorError as e:
+            if (
+                not superseded()
+                and job_id not in self._final
+                and not await self._settled(job_id, 1.0, superseded)
+                and not superseded()
+            ):
+                died = death_reason(e)
+        except Exception:
+            pass  # a typed job error: the actor handed it over
+        if died is not None:
+            if self._actors.get(job_id) is actor:
+                del self._actors[job_id]
+            await self._died(job_id, died)
+            return
+        settled = await self._settled(job_id, SETTLE_TIMEOUT, superseded)
+        _kill(actor, job_id)
+        if superseded():
+            return
+        if not settled:
+            self._record_final(job_id)
+        self._final.pop(job_id, None)
+        self._actors.pop(job_id, None)
+        record = self._registry.get(job_id)
+        if record is not None and record.state.terminal:
             self._done.setdefault(job_id, asyncio.Event()).set()
 
-    async def _settled(self, job_id: str, timeout: float) -> bool:
-        """Wait until the registry has the job's terminal event; False on timeout."""
+    def _record_final(self, job_id: str) -> None:
+        """The registry never saw the job's terminal event (the hub refused it, say): record
+        the status the job actor handed over with its outcome."""
+        final = self._final.get(job_id)
+        record = self._registry.get(job_id)
+        if final is None or record is None or not _is_settled(final.state):
+            return
+        logger.warning("job %s: no %s event reached the registry; recorded", job_id, final.state)
+        self._set_status(record, final)
+
+    def _set_status(self, record: JobRecord, status: JobStatus) -> None:
+        """Record a status the job's actor gave, without waiting for its event."""
+        record.state, record.progress, record.message = (
+            status.state,
+            status.progress,
+            status.message,
+        )
+        record.error, record.forced = status.error, status.forced
+        record.updated_at = status.updated_at
+        self._persist(record)
+
+    async def _died(self, job_id: str, reason: str) -> None:
+        """The job's actor died under it: a new actor from its last save, or ``job.failed``."""
+        record = self._registry.get(job_id)
+        if record is None or not _is_active(record):
+            return
+        options = self._spec(job_id)[3]
+        attempt = record.restarts + 1
+        if not self._stopping and attempt <= options.max_restarts:
+            logger.warning("job %s: restart %d: %s", job_id, attempt, reason)
+            self._emit_lifecycle(job_id, "job.restarted", attempt=attempt, reason=reason)
+            try:
+                await self._launch(job_id)
+                return
+            except Exception as e:
+                reason = f"{reason}; its restart failed: {type(e).__name__}: {e}"
+        elif record.restarts:
+            reason = f"{reason} (after {record.restarts} restarts)"
+        self._emit_lifecycle(job_id, "job.failed", error=reason)
+        self._done.setdefault(job_id, asyncio.Event()).set()
+
+    def _emit_lifecycle(self, job_id: str, event_type: str, **data: Any) -> None:
+        """Publish a job event of the controller's own and apply it to the registry (and its
+        store) at once, without waiting for it to come back from the hub."""
+        event = make_event(event_type, {"job_id": job_id, "status": status_for(event_type), **data})
+        record = self._registry.apply(event)
+        if record is not None:
+            self._persist(record)
+        try:
+            self._emitter.emit(event, True)
+        except Exception:  # recorded all the same: the registry is the controller's
+            logger.exception("job %s: %s could not be published", job_id, event_type)
+
+    def _persist(self, record: JobRecord) -> None:
+        self._store.update_jobs([stored_state(record)])
+
+    async def _settled(
+        self, job_id: str, timeout: float, give_up: Callable[[], bool] = lambda: False
+    ) -> bool:
+        """Wait until the registry has the job's terminal (or ``job.suspended``) event;
+        False on timeout, or as soon as ``give_up()``."""
         record = self._registry.get(job_id)
         deadline = time.monotonic() + timeout
-        while record is not None and not record.state.terminal:
-            if time.monotonic() > deadline:
+        while record is not None and not _is_settled(record.state):
+            if time.monotonic() > deadline or give_up():
                 return False
             await asyncio.sleep(0.01)
         return True
+
+    # --- what job actors hand over -------------------------------------------------------
+
+    async def job_finished(
+        self, job_id: str, kind: str, payload: Any, status: JobStatus, actor_id: str = ""
+    ) -> None:
+        """A job actor's run ended: keep its outcome (``value`` or ``error``; ``suspended``
+        has none) and its final status in the store before the actor returns. The word of
+        an actor that a newer run replaced (a resume came first) is ignored."""
+        record = self._registry.get(job_id)
+        current = self._actors.get(job_id)
+        if record is None or (actor_id and current and current._actor_id.hex() != actor_id):
+            return
+        if kind in ("value", "error"):
+            self._store.put_outcome(job_id, StoredOutcome(kind, cloudpickle.dumps(payload)))
+        if isinstance(payload, JobFailedError):  # the status says what ray.get will say
+            status = status.model_copy(update={"error": payload.error})
+        self._final[job_id] = status
+        self._store.update_jobs([stored_state(record, status)])
+
+    async def save_checkpoint(self, job_id: str, blob: bytes) -> None:
+        """A job's ``ctx.save``: its pickled state, kept for its next run."""
+        self._record(job_id)
+        self._store.put_checkpoint(job_id, blob)
 
     # --- results and status --------------------------------------------------------------
 
@@ -224,23 +439,23 @@ class Controller:
 
     async def result(self, job_id: str) -> Any:
         """The job's return value; a failed or cancelled job raises its typed error."""
-        self._record(job_id)
-        ref = self._runs.get(job_id)
-        if ref is None:
-            raise JobNotFoundError(job_id)
+        await self.start()  # a restarted controller answers from its store
+        record = self._record(job_id)
         # Answer once the registry agrees, so status() after ray.get(result) is final too.
         await self._done.setdefault(job_id, asyncio.Event()).wait()
-        try:
-            return await ref
-        except JobCancelledError as e:
-            raise JobCancelledError(job_id, forced=e.forced) from None
-        except JobFailedError as e:
-            raise JobFailedError(job_id, e.error, e.traceback) from None
-        except RayActorError as e:
-            record = self._record(job_id)
+        outcome = self._store.outcome(job_id)
+        if outcome is None:  # the actor died or was killed: the registry says why
             if record.state is JobState.CANCELLED:
-                raise JobCancelledError(job_id, forced=record.forced) from None
-            raise JobFailedError(job_id, death_reason(e)) from None
+                raise JobCancelledError(job_id, forced=record.forced)
+            raise JobFailedError(job_id, record.error or "the job ended without a result")
+        value = cloudpickle.loads(outcome.blob)
+        if outcome.kind == "value":
+            return value
+        if isinstance(value, JobCancelledError):
+            raise JobCancelledError(job_id, forced=value.forced) from None
+        if isinstance(value, JobFailedError):
+            raise JobFailedError(job_id, value.error, value.traceback) from None
+        raise value
 
     async def _live_status(self, job_id: str) -> JobStatus | None:
         """The job actor's own status while it runs (fresher than the registry), or None
@@ -277,6 +492,8 @@ class Controller:
 
     async def _command(self, job_id: str, command: str) -> JobStatus:
         record = self._record(job_id)
+        if record.state is JobState.SUSPENDED:
+            return await self._command_suspended(job_id, command)
         actor = self._actors.get(job_id)
         if actor is None or record.state.terminal:
             if command == "cancel" and record.state is JobState.CANCELLED:
@@ -284,23 +501,46 @@ class Controller:
             raise InvalidTransitionError(job_id, record.state.value, command)
         try:
             status: JobStatus = await getattr(actor, command).remote()
-            return status
         except RayActorError:
             return await self._settled_status(job_id, command)
+        except InvalidTransitionError as e:
+            if e.state != JobState.SUSPENDED.value:
+                raise
+            # Its actor has stopped for a suspend whose job.suspended the registry has not
+            # seen yet (a resume right after the suspend's answer): once it has, the
+            # controller answers for the job.
+            if await self._settled(job_id, SETTLE_TIMEOUT) and record.state is JobState.SUSPENDED:
+                return await self._command_suspended(job_id, command)
+            raise
+        return status
 
     async def _settled_status(self, job_id: str, command: str) -> JobStatus:
         record = self._record(job_id)
         await self._settled(job_id, 1.0)
-        if command != "cancel" or record.state is not JobState.CANCELLED:
+        done = {"cancel": JobState.CANCELLED, "suspend": JobState.SUSPENDED}.get(command)
+        if record.state is not done:
+            raise InvalidTransitionError(job_id, record.state.value, command)
+        return record.status()
+
+    async def _command_suspended(self, job_id: str, command: str) -> JobStatus:
+        """A suspended job has no actor: the controller answers for it."""
+        record = self._record(job_id)
+        if command == "resume":
+            self._emit_lifecycle(job_id, "job.resumed")
+            await self._launch(job_id)
+        elif command == "cancel":
+            self._emit_lifecycle(job_id, "job.cancelled", forced=False)
+            self._done.setdefault(job_id, asyncio.Event()).set()
+        elif command != "suspend":
             raise InvalidTransitionError(job_id, record.state.value, command)
         return record.status()
 
     async def command(
         self, job_id: str, command: str, request_key: tuple[str, str] | None = None
     ) -> JobStatus:
-        """Run ``pause|resume|cancel``; with a ``request_key`` (client id, request id) a
+        """Run ``pause|resume|cancel|suspend``; with a ``request_key`` (client id, request id) a
         repeated request is applied once and answered with the first outcome."""
-        if command not in ("pause", "resume", "cancel"):
+        if command not in COMMANDS:
             raise ValueError(f"unknown command {command!r}")
         if request_key is None:
             return await self._command(job_id, command)
@@ -334,6 +574,29 @@ class Controller:
     async def cancel_job(self, job_id: str) -> JobStatus:
         return await self._command(job_id, "cancel")
 
+    async def suspend_job(self, job_id: str) -> JobStatus:
+        return await self._command(job_id, "suspend")
+
+    async def stop_jobs(self) -> int:
+        """End every active job for good (``control_plane.stop``): its actor killed, no
+        restart, recorded ``cancelled`` (forced), so that no later controller revives it."""
+        self._stopping = True
+        ended = 0
+        for record in self._registry.records():
+            if record.state.terminal:
+                continue
+            job_id = record.job_id
+            actor = self._actors.pop(job_id, None) or runtime.get_actor(
+                runtime.job_actor_name(job_id)
+            )
+            if actor is not None:
+                ray.kill(actor, no_restart=True)
+            self._emit_lifecycle(job_id, "job.cancelled", forced=True)
+            self._done.setdefault(job_id, asyncio.Event()).set()
+            ended += 1
+        await asyncio.to_thread(self._emitter.flush)
+        return ended
+
     async def reap_job(self, job_id: str, forced: bool = False) -> None:
         """Kill a job's actor after a moment (the actor asks this after a forced cancel)."""
         await asyncio.sleep(REAP_DELAY)
@@ -344,9 +607,16 @@ class Controller:
     # --- background loops ----------------------------------------------------------------
 
     def _apply_entries(self, entries: list[LogEntry]) -> None:
+        changed: dict[str, JobRecord] = {}
         for entry in entries:
-            if entry.type.startswith(("job.", "agent.")):
+            if entry.type.startswith("job."):
+                record = self._registry.apply_frame(entry.frame)
+                if record is not None:
+                    changed[record.job_id] = record
+            elif entry.type.startswith("agent."):
                 self._registry.apply_frame(entry.frame)
+        if changed:  # one transaction for the batch
+            self._store.update_jobs(stored_state(r) for r in changed.values())
 
     async def _resync_after(self, reset: Reset) -> None:
         # Events were lost to this reader (new hub epoch, or it fell behind the history):
@@ -359,10 +629,13 @@ class Controller:
         return self._feed.stats()
 
     def _forget_trimmed(self) -> None:
-        """Drop results of jobs the registry no longer keeps (it keeps the newest finished)."""
-        for table in (self._runs, self._done, self._options):
-            for job_id in [j for j in table if j not in self._registry]:
-                del table[job_id]
+        """Drop the jobs the registry no longer keeps (it keeps the newest finished), with
+        their rows, outcomes and saved states."""
+        gone = [j for j in self._specs if j not in self._registry]
+        for job_id in gone:
+            for table in (self._specs, self._done, self._final, self._runs):
+                table.pop(job_id, None)
+        self._store.forget(gone)
 
     async def _resync(self) -> None:
         for job_id in list(self._actors):
@@ -372,6 +645,7 @@ class Controller:
                 continue
             record.state, record.progress = status.state, status.progress
             record.message, record.updated_at = status.message, status.updated_at
+            self._persist(record)
 
     async def _metrics_loop(self) -> None:
         while True:
@@ -401,10 +675,34 @@ class Controller:
         return metrics
 
 
+def _is_settled(state: JobState) -> bool:
+    """Whether a run in ``state`` is over: finished, or suspended (no actor)."""
+    return state.terminal or state is JobState.SUSPENDED
+
+
+def _is_active(record: JobRecord) -> bool:
+    """Whether the job should have a live actor."""
+    return not _is_settled(record.state)
+
+
 def _system_event(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
     event = make_event(event_type, data)
     event["channel"] = SYSTEM_CHANNEL
     return event
+
+
+async def _published(ref: Any, job_id: str) -> None:
+    try:
+        await ref
+    except Exception:
+        logger.warning("job %s: job.created could not be published", job_id, exc_info=True)
+
+
+def _kill(actor: ActorHandle, job_id: str) -> None:
+    try:
+        ray.kill(actor, no_restart=True)
+    except Exception:
+        logger.debug("job actor %s already gone", job_id, exc_info=True)
 
 
 async def _as_future(ref: Any) -> Any:
@@ -414,9 +712,9 @@ async def _as_future(ref: Any) -> Any:
 ControllerActor: Any = ray.remote(Controller)
 
 
-def ensure_controller(config: SystemConfig | None = None) -> Any:
+def ensure_controller(config: SystemConfig | None = None, state_dir: str | None = None) -> Any:
     handle = ControllerActor.options(**runtime.singleton_options(runtime.CONTROLLER_NAME)).remote(
-        config
+        config, state_dir
     )
     ray.get(handle.start.remote())
     return handle

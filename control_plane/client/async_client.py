@@ -254,6 +254,12 @@ class ControlPlaneClient:
     async def cancel(self, job_id: str) -> dict[str, Any]:
         return await self._command("job.cancel", job_id)
 
+    async def suspend(self, job_id: str) -> dict[str, Any]:
+        """Stop a job at its next checkpoint and free its actor; ``resume`` starts it again
+        from its last ``ctx.save`` (a job that never saved is refused: TransitionRejected
+        with code ``not_suspendable``)."""
+        return await self._command("job.suspend", job_id)
+
     async def ping(self) -> float:
         """The round trip to the gateway in seconds."""
         started = time.perf_counter()

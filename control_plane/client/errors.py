@@ -5,7 +5,8 @@ Beside :mod:`control_plane.core.errors`::
     ControlPlaneError
     ├── CommandRejected          an ``error`` reply: ``code``, ``message``, ``request_id``
     │   ├── JobNotFound          also a JobNotFoundError (code job_not_found)
-    │   └── TransitionRejected   also an InvalidTransitionError (code invalid_transition)
+    │   └── TransitionRejected   also an InvalidTransitionError (code invalid_transition,
+    │                            or not_suspendable)
     ├── ConnectionLost           closed for good: a code not retried, or the client closed
     │   └── Unauthorized         also an AuthError: closed with 4401 or 4403
     └── RequestTimeout           also a TimeoutError: no connection or reply in time
@@ -74,4 +75,5 @@ class RequestTimeout(ControlPlaneError, TimeoutError):
 REJECTIONS: dict[str, type[CommandRejected]] = {
     "job_not_found": JobNotFound,
     "invalid_transition": TransitionRejected,
+    "not_suspendable": TransitionRejected,  # suspend of a job that never saved a state
 }

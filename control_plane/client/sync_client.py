@@ -80,6 +80,9 @@ class SyncControlPlaneClient:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._call(self.client.cancel(job_id))
 
+    def suspend(self, job_id: str) -> dict[str, Any]:
+        return self._call(self.client.suspend(job_id))
+
     def ping(self) -> float:
         return self._call(self.client.ping())
 

@@ -4,10 +4,14 @@
     ├── AuthError                missing or wrong token, refused origin
     ├── JobNotFoundError         no job with that id
     ├── InvalidTransitionError   a command the job's state does not allow
+    │   └── NotSuspendableError  suspend of a job that has never called ``ctx.save``
     ├── JobError                 raised by ``ray.get(job.result)``
     │   ├── JobFailedError       the job body raised
     │   └── JobCancelledError    the job was cancelled (``forced`` when it was killed)
     ├── HubUnavailableError      the EventHub actor cannot be reached
+    ├── PublishError             a publish was not acknowledged: the publisher stops
+    │   └── EventLogError        the hub's event log could not be written (disk full,
+    │                            read-only): nothing of the batch was acknowledged
     └── CommandError             a command failed on the way (Ray error translated)
 
 Every error pickles with its arguments, so it survives a trip through Ray and comes out
@@ -64,6 +68,20 @@ class InvalidTransitionError(ControlPlaneError):
         self.command = command
 
 
+class NotSuspendableError(InvalidTransitionError):
+    """``suspend`` of a job with no saved state: nothing to resume it from."""
+
+    code = "not_suspendable"
+
+    def __init__(self, job_id: str, state: str) -> None:
+        super().__init__(job_id, state, "suspend")
+        self.message = (
+            f"cannot suspend job {job_id!r}: it has never called ctx.save(state), so there "
+            "is nothing to resume it from"
+        )
+        self.args = (self.message,)
+
+
 class JobError(ControlPlaneError):
     """Base of what ``ray.get(job.result)`` raises for a job that did not complete."""
 
@@ -94,6 +112,20 @@ class JobCancelledError(JobError):
 
 class HubUnavailableError(ControlPlaneError):
     code = "hub_unavailable"
+
+
+class PublishError(ControlPlaneError):
+    """A publish to the hub failed; the emitter that saw it raises this from then on, so
+    the publisher learns at its next event that the ones since were not delivered."""
+
+    code = "publish_failed"
+
+
+class EventLogError(PublishError):
+    """The hub could not write a batch to its event log (disk full, read-only file): the
+    batch was neither appended nor acknowledged."""
+
+    code = "event_log_unwritable"
 
 
 class CommandError(ControlPlaneError):

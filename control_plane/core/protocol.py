@@ -5,7 +5,7 @@ Server to client, the envelope::
     {"type": "job.progress", "timestamp": "2026-01-15T10:30:00.123Z", "seq": 1042,
      "channel": "job:7f3a", "data": {"job_id": "7f3a", "status": "running", "progress": 75.0}}
 
-Client to server: ``subscribe``, ``unsubscribe``, ``job.pause|resume|cancel``, ``ping`` and
+Client to server: ``subscribe``, ``unsubscribe``, ``job.pause|resume|cancel|suspend``, ``ping`` and
 ``pong``, a discriminated union on ``type`` with ``extra="forbid"`` so that a wrong field is
 named in the ``error`` reply. It imports nothing of ours but the leaf ``jsonwire``.
 """
@@ -50,6 +50,9 @@ STATE_BY_EVENT: Mapping[str, str] = MappingProxyType(
         "job.completed": "completed",
         "job.failed": "failed",
         "job.cancelled": "cancelled",
+        # the controller starts a new actor (its old one died); job.started follows
+        "job.restarted": "pending",
+        "job.suspended": "suspended",
     }
 )
 # What the ``jobs`` channel carries: every job's lifecycle (the events that set its state),
@@ -233,6 +236,11 @@ class JobCancelledData(JobEventData):
     forced: bool = False
 
 
+class JobRestartedData(JobEventData):
+    attempt: int = Field(ge=1)  # 1 for the first restart
+    reason: str
+
+
 class AgentStartedData(JobEventData):
     agent_id: str
     name: str
@@ -275,6 +283,8 @@ EVENT_DATA_MODELS: dict[str, type[_EventData]] = {
     "job.paused": JobEventData,
     "job.resumed": JobEventData,
     "job.cancelled": JobCancelledData,
+    "job.restarted": JobRestartedData,
+    "job.suspended": JobEventData,
     "agent.started": AgentStartedData,
     "agent.output": AgentOutputData,
     "agent.completed": AgentCompletedData,
@@ -403,7 +413,7 @@ class Unsubscribe(_ClientMessage):
 
 
 class JobCommand(_ClientMessage):
-    type: Literal["job.pause", "job.resume", "job.cancel"]
+    type: Literal["job.pause", "job.resume", "job.cancel", "job.suspend"]
     job_id: str = Field(min_length=1, max_length=128)
 
     @property
@@ -423,7 +433,15 @@ ClientMessage = Annotated[
     Subscribe | Unsubscribe | JobCommand | Ping | Pong, Field(discriminator="type")
 ]
 client_message_adapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
-CLIENT_MESSAGE_TYPES = ("subscribe", "unsubscribe", "job.pause", "job.resume", "job.cancel", "ping")
+CLIENT_MESSAGE_TYPES = (
+    "subscribe",
+    "unsubscribe",
+    "job.pause",
+    "job.resume",
+    "job.cancel",
+    "job.suspend",
+    "ping",
+)
 
 
 class BadFrame(Exception):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from control_plane.core.protocol import STATE_BY_EVENT
+from control_plane.core.registry_store import StoredJob
 from jobs.lifecycle import JobState, JobStatus
 
 RECENT_OUTPUTS = 10
@@ -38,6 +39,7 @@ class JobRecord:
     last_change: float = field(default_factory=time.monotonic)
     stall_alerted: bool = False
     last_seq: int = 0
+    restarts: int = 0  # new actors made after the job's actor died
     agents: dict[str, dict[str, Any]] = field(default_factory=dict)
     outputs: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_OUTPUTS))
 
@@ -66,6 +68,44 @@ class JobRecord:
         )
 
 
+def record_from_stored(job: StoredJob) -> JobRecord:
+    """A job's record as the store kept it (a restarted controller's registry)."""
+    return JobRecord(
+        job.job_id,
+        job.name,
+        job.owner,
+        job.created_at,
+        state=JobState(job.state),
+        progress=job.progress,
+        message=job.message,
+        updated_at=job.updated_at,
+        error=job.error,
+        forced=job.forced,
+        restarts=job.restarts,
+    )
+
+
+def stored_state(
+    record: JobRecord, status: JobStatus | None = None, spec: bytes = b""
+) -> StoredJob:
+    """The store's row for ``record`` (its state columns from ``status`` when given)."""
+    now = status or record.status()
+    return StoredJob(
+        record.job_id,
+        record.name,
+        record.owner,
+        record.created_at,
+        spec,
+        state=now.state.value,
+        progress=now.progress,
+        message=now.message,
+        updated_at=now.updated_at,
+        error=now.error,
+        forced=now.forced,
+        restarts=record.restarts,
+    )
+
+
 class JobRegistry:
     """job id → :class:`JobRecord`, updated from hub events. Bounded in finished jobs."""
 
@@ -79,6 +119,9 @@ class JobRegistry:
 
     def get(self, job_id: str) -> JobRecord | None:
         return self._records.get(job_id)
+
+    def remove(self, job_id: str) -> None:
+        self._records.pop(job_id, None)
 
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._records
@@ -125,6 +168,8 @@ class JobRegistry:
             record.error = data.get("error")
         if event_type == "job.cancelled":
             record.forced = bool(data.get("forced", False))
+        if event_type == "job.restarted":
+            record.restarts = max(record.restarts, int(data.get("attempt", 0)))
         self._trim()
         return record
 

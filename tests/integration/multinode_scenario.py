@@ -228,7 +228,8 @@ async def check_worker_loss(cluster: Any, worker: Any, info: Any, sock: Any) -> 
         "jobs.examples:countdown",
         steps=100_000,
         delay=0.05,
-        job_options=JobOptions(resources={"worker_node": 1}),
+        # No restart: no other node has a worker_node for it (durability_scenario restarts).
+        job_options=JobOptions(resources={"worker_node": 1}, max_restarts=0),
     )
     await sock.subscribe(f"job:{job.job_id}")
     node = await asyncio.to_thread(_actor_node, job.actor, f"job {job.job_id}")

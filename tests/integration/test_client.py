@@ -90,7 +90,7 @@ async def test_subscribing_to_a_job_passes_its_snapshot_through(plane: Any) -> N
         async with asyncio.timeout(30):
             async with aclosing(client.events([f"job:{job.job_id}"])) as stream:
                 async for event in stream:
-                    assert event["type"] == "job.snapshot"
+                    assert event["type"] == "job.snapshot", event
                     assert event["data"]["status"] == "completed"
                     break
 
@@ -261,3 +261,26 @@ async def test_a_client_that_cannot_connect_gives_up_after_its_open_timeout() ->
     assert "not connected in time" in str(late.value) and client.reconnects >= 1
     assert states == [ConnectionState.CONNECTING, ConnectionState.CLOSED]
     assert_nothing_left(client)
+
+
+async def test_the_client_suspends_a_saving_job_and_refuses_one_that_never_saved(
+    plane: Any,
+) -> None:
+    plain = control_plane.submit("jobs.examples:countdown", steps=1000, delay=0.01)
+    saving = control_plane.submit("jobs.examples:resumable_sum", steps=40, delay=0.05)
+    async with ControlPlaneClient(plane.ws_url, TOKEN) as client:
+        async with asyncio.timeout(60):
+            while (await asyncio.to_thread(saving.status)).progress < 10:
+                await asyncio.sleep(0.05)
+        with pytest.raises(TransitionRejected) as refused:
+            await client.suspend(plain.job_id)
+        assert refused.value.code == "not_suspendable" and "ctx.save" in refused.value.message
+        suspended = await client.suspend(saving.job_id)
+        assert suspended["command"] == "suspend"
+        assert suspended["status"]["state"] == "suspended"
+        resumed = await client.resume(saving.job_id)
+        assert resumed["status"]["state"] in ("pending", "running")
+        await client.cancel(plain.job_id)
+    value = await saving.result
+    assert value["total"] == sum(range(40)) and value["runs"] == 2, value
+    assert value["resumed_from"] >= 4, value

@@ -153,6 +153,32 @@ async def test_cancel_of_a_cooperative_job_ends_cancelled_and_frees_the_actor(pl
     await sock.close()
 
 
+async def test_suspend_ends_the_actor_and_resume_goes_on_from_the_last_save(plane: Any) -> None:
+    sock = await _socket(plane)
+    job = control_plane.submit("jobs.examples:resumable_sum", steps=40, delay=0.05)
+    await sock.subscribe(f"job:{job.job_id}")
+    await sock.wait_for(
+        lambda f: (
+            f["type"] == "job.progress"
+            and f["data"]["job_id"] == job.job_id
+            and f["data"]["progress"] >= 25
+        )
+    )
+    first = job.actor
+    status = await first.suspend.remote()  # the actor handle's suspend
+    assert status.state == "suspended"
+    suspended = await sock.wait_type("job.suspended", job.job_id)
+    assert await _actor_gone(first)
+    assert job.status().state == "suspended"
+    status = await JobController().resume_job(job.job_id)
+    assert status.state in ("pending", "running")
+    value = await job.result
+    assert value["total"] == sum(range(40)) and value["runs"] == 2, value
+    assert value["resumed_from"] == round(suspended["data"]["progress"] * 40 / 100), value
+    assert _between(sock.events(job.job_id), "job.suspended", "job.resumed") == []
+    await sock.close()
+
+
 @pytest.mark.parametrize("target", ["jobs.examples:spin", "jobs.examples:spin_sync"])
 async def test_cancel_of_a_job_without_checkpoints_is_forced_after_the_grace(
     plane: Any, target: str

@@ -36,6 +36,15 @@ LEGAL = [
     (S.RUNNING, T.STOPPED, S.CANCELLED),
     (S.PAUSING, T.STOPPED, S.CANCELLED),
     (S.PAUSED, T.STOPPED, S.CANCELLED),
+    (S.RUNNING, T.PARK, S.SUSPENDED),
+    (S.PAUSING, T.PARK, S.SUSPENDED),
+    (S.PAUSED, T.PARK, S.SUSPENDED),
+    (S.SUSPENDED, T.RESUME, S.PENDING),
+    (S.SUSPENDED, T.CANCEL, S.CANCELLED),
+    (S.PENDING, T.RESTART, S.PENDING),
+    (S.RUNNING, T.RESTART, S.PENDING),
+    (S.PAUSING, T.RESTART, S.PENDING),
+    (S.PAUSED, T.RESTART, S.PENDING),
 ]
 SATISFIED = [
     (S.PAUSING, T.PAUSE),
@@ -46,6 +55,10 @@ SATISFIED = [
     (S.RUNNING, T.CANCEL),
     (S.PAUSING, T.CANCEL),
     (S.PAUSED, T.CANCEL),
+    (S.RUNNING, T.SUSPEND),
+    (S.PAUSING, T.SUSPEND),
+    (S.PAUSED, T.SUSPEND),
+    (S.SUSPENDED, T.SUSPEND),
 ]
 
 
@@ -115,6 +128,29 @@ def test_a_job_paused_before_it_started_holds_at_its_first_checkpoint():
     state = next_state("j", S.PENDING, T.PAUSE)
     state = next_state("j", state, T.START)
     assert next_state("j", state, T.HOLD) is S.PAUSED
+
+
+def test_suspended_is_neither_terminal_nor_a_state_with_a_running_body():
+    assert not S.SUSPENDED.terminal
+    for trigger in (T.PAUSE, T.START, T.HOLD, T.COMPLETE, T.FAIL, T.STOPPED, T.RESTART):
+        with pytest.raises(InvalidTransitionError):
+            next_state("j", S.SUSPENDED, trigger)
+
+
+def test_a_suspended_job_resumes_as_a_new_run_that_starts_again():
+    state = next_state("j", S.RUNNING, T.SUSPEND)  # asked: nothing moves yet
+    assert state is S.RUNNING
+    state = next_state("j", state, T.PARK)  # at the next checkpoint
+    assert state is S.SUSPENDED
+    state = next_state("j", state, T.RESUME)  # a new actor
+    assert next_state("j", state, T.START) is S.RUNNING
+
+
+def test_a_finished_job_is_neither_restarted_nor_suspended():
+    for state in TERMINAL_STATES:
+        for trigger in (T.RESTART, T.SUSPEND, T.PARK):
+            with pytest.raises(InvalidTransitionError):
+                next_state("j", state, trigger)
 
 
 def test_job_status_carries_the_contract_fields():

@@ -203,7 +203,9 @@ def test_the_state_table_names_job_states_and_covers_the_lifecycle() -> None:
 
 @pytest.mark.parametrize("event_type", sorted(LIFECYCLE_TYPES))
 def test_a_lifecycle_event_without_status_carries_its_state(event_type: str) -> None:
-    event = normalize_event({"type": event_type, "job_id": "j", "error": "e"})
+    event = normalize_event(
+        {"type": event_type, "job_id": "j", "error": "e", "attempt": 1, "reason": "r"}
+    )
     assert event["data"]["status"] == STATE_BY_EVENT[event_type]
 
 

@@ -29,7 +29,7 @@
 
   // protocol.LIFECYCLE_TYPES: what the "jobs" channel carries, every job's lifecycle.
   var LIFECYCLE = ["job.created", "job.started", "job.completed", "job.failed", "job.paused",
-    "job.resumed", "job.cancelled"];
+    "job.resumed", "job.cancelled", "job.restarted", "job.suspended"];
   // protocol.CloseCode, by its members' names in lower case.
   var CLOSE_CODES = {normal: 1000, too_big: 1009, server_error: 1011, restarting: 1012,
     no_subscribe: 4001, slow_consumer: 4008, unauthorized: 4401, forbidden_origin: 4403};
@@ -164,6 +164,8 @@
     resume(jobId) { return this._command("job.resume", jobId); }
 
     cancel(jobId) { return this._command("job.cancel", jobId); }
+
+    suspend(jobId) { return this._command("job.suspend", jobId); }
 
     /* The round trip to the gateway in milliseconds. */
     ping() {
