@@ -3,7 +3,7 @@
 control-plane serve [--host 127.0.0.1] [--port 8000] [--address ADDR]
 control-plane demo                       # serve, plus example jobs
 control-plane submit jobs.examples:countdown --arg steps=50 --arg delay=0.05
-control-plane status|pause|resume|cancel|watch JOB_ID
+control-plane status|pause|resume|suspend|cancel|watch JOB_ID
 control-plane list
 """
 
@@ -58,7 +58,33 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN")
         p.add_argument("--metrics-interval", type=float, default=5.0, metavar="SECONDS")
         p.add_argument("--stall-after", type=float, default=300.0, metavar="SECONDS")
-        p.add_argument("--replicas", type=int, default=1, help="gateway replicas")
+        p.add_argument(
+            "--replicas",
+            default="1",
+            metavar="N|per-node",
+            help="gateway replicas, one per node (per-node: one on each node)",
+        )
+        p.add_argument(
+            "--port-span",
+            type=int,
+            default=1,
+            metavar="N",
+            help="each replica listens on the first free port of PORT..PORT+N-1 on its node",
+        )
+        p.add_argument(
+            "--state-dir",
+            default=None,
+            metavar="PATH",
+            help="event log and job registry, on the head node (default: in Ray's session "
+            "directory; CONTROL_PLANE_STATE_DIR)",
+        )
+        p.add_argument(
+            "--history-age",
+            type=float,
+            default=None,
+            metavar="SECONDS",
+            help="the event log keeps no event older than this (default: kept by count only)",
+        )
         if name == "demo":
             p.add_argument(
                 "--rounds", type=int, default=0, help="rounds of example jobs (0: until stopped)"
@@ -77,11 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="job options: pause_timeout, cancel_grace, num_cpus",
+        help="job options: pause_timeout, cancel_grace, num_cpus, max_restarts",
     )
     p.add_argument("--wait", action="store_true", help="wait for the result and print it")
     attach(p)
-    for name in ("status", "pause", "resume", "cancel"):
+    for name in ("status", "pause", "resume", "suspend", "cancel"):
         p = sub.add_parser(name, help=f"{name} a job")
         p.add_argument("job_id")
         attach(p)
@@ -90,12 +116,19 @@ def build_parser() -> argparse.ArgumentParser:
     attach(p)
     p = sub.add_parser("watch", help="show a job's live progress")
     p.add_argument("job_id")
-    p.add_argument("--url", default=os.environ.get("CONTROL_PLANE_URL", "ws://127.0.0.1:8000/ws"))
-    p.add_argument("--token", default=None)
+    p.add_argument(
+        "--url",
+        default=os.environ.get("CONTROL_PLANE_URL"),
+        help="the gateway's ws://host:port/ws (default: CONTROL_PLANE_URL, else one that the "
+        "cluster's gateway replicas announce)",
+    )
+    p.add_argument("--token", default=None, help="CONTROL_PLANE_TOKEN, else the kept one")
+    attach(p)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -103,6 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.command in ("serve", "demo"):
+            from control_plane import service
+
+            if not service.supervised():
+                return service.supervise(argv)
+            service.die_with_parent()
             return _serve(args)
         if args.command == "watch":
             return asyncio.run(_watch(args))
@@ -122,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import ray
+
     import control_plane
     from control_plane.core.system import SystemConfig
 
@@ -134,6 +174,9 @@ def _serve(args: argparse.Namespace) -> int:
         allowed_origins=args.allowed_origin,
         system=SystemConfig(metrics_interval=args.metrics_interval, stall_after=args.stall_after),
         num_replicas=args.replicas,
+        port_span=args.port_span,
+        state_dir=args.state_dir,
+        history_age=args.history_age,
     )
     stop = threading.Event()
     # ray.init installs its own SIGTERM handler; ours goes in after it.
@@ -152,9 +195,15 @@ def _serve(args: argparse.Namespace) -> int:
         while not stop.wait(0.5):
             pass
     finally:
+        from control_plane import service
+
         print("stopping", flush=True)
-        control_plane.stop()
-        print("stopped", flush=True)
+        # A Ray this process started goes with everything on it; on a cluster, only the
+        # control plane's parts are stopped.
+        started_ray = info.started_ray
+        clean = service.stop_within(ray.shutdown if started_ray else control_plane.stop)
+        print("stopped" if clean else "stopped (Ray's processes killed)", flush=True)
+        service.exit_now(0)  # nothing is left to clean up: don't wait on Ray's exit hooks
     return 0
 
 
@@ -232,9 +281,32 @@ def _job_command(args: argparse.Namespace) -> int:
         "pause": handle.pause,
         "resume": handle.resume,
         "cancel": handle.cancel,
+        "suspend": handle.suspend,
     }[args.command]
     _print_status(method())
     return 0
+
+
+def _find_gateway(address: str | None) -> str:
+    """The ws:// URL of a gateway replica that the cluster's replicas announced and that
+    answers, nearest first."""
+    import urllib.request
+
+    import ray
+
+    from control_plane.actors import gateway_directory
+
+    _connect(address)
+    announced = gateway_directory.listed()
+    candidates = gateway_directory.nearest_first(announced, ray.util.get_node_ip_address())
+    for gateway in candidates:
+        try:
+            with urllib.request.urlopen(f"{gateway.base_url()}/healthz", timeout=3):
+                return gateway.base_url().replace("http", "ws", 1) + "/ws"
+        except OSError:
+            continue
+    found = ", ".join(g.base_url() for g in announced) or "none"
+    raise SystemExit(f"error: no gateway of this cluster answers (announced: {found}); use --url")
 
 
 async def _watch(args: argparse.Namespace) -> int:
@@ -244,8 +316,9 @@ async def _watch(args: argparse.Namespace) -> int:
     from control_plane.core.protocol import TERMINAL_EVENT_TYPES
     from control_plane.gateway import auth
 
-    token = auth.resolve_token(args.token)
-    headers = {"Authorization": f"Bearer {token}"}
+    token = auth.find_token(args.token)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    url = args.url or await asyncio.to_thread(_find_gateway, args.address)
     with Progress(
         TextColumn("[bold]{task.fields[job]}"),
         BarColumn(),
@@ -255,7 +328,7 @@ async def _watch(args: argparse.Namespace) -> int:
         TimeElapsedColumn(),
     ) as progress:
         bar = progress.add_task("job", total=100, job=args.job_id, state="…", note="")
-        async with websockets.connect(args.url, additional_headers=headers) as ws:
+        async with websockets.connect(url, additional_headers=headers) as ws:
             await ws.send(
                 json.dumps({"type": "subscribe", "channels": [f"job:{args.job_id}"], "since": 0})
             )

@@ -68,13 +68,21 @@ def start(
     socket: SocketConfig | None = None,
     system: SystemConfig | None = None,
     history: int = DEFAULT_HISTORY,
-    num_replicas: int = 1,
+    num_replicas: int | str = 1,
     ready_timeout: float = 120.0,
+    state_dir: str | None = None,
+    port_span: int = 1,
+    history_age: float | None = None,
 ) -> ControlPlaneInfo:
     """Make sure Ray, the EventHub, the controller and the gateway run; return where.
 
     Attaches to ``address`` (or ``RAY_ADDRESS``), else starts a new local Ray. The token
     defaults to ``CONTROL_PLANE_TOKEN``, else one kept under the user's home.
+    ``num_replicas`` gateway replicas (or ``"per-node"``) run one per node, each on the first
+    free port of ``port .. port+port_span-1`` there. ``state_dir``
+    is where the hub's log and the controller's registry live, on the head node
+    (``control_plane/actors/state_dir.py`` says the default). The hub keeps the newest
+    ``history`` events, and with ``history_age`` none older than that many seconds.
     """
     global _info
     if _info is not None and ray.is_initialized():
@@ -93,6 +101,9 @@ def start(
             history=history,
             num_replicas=num_replicas,
             ready_timeout=ready_timeout,
+            state_dir=state_dir,
+            port_span=port_span,
+            history_age=history_age,
         )
     except BaseException:
         if started_ray:  # leave nothing behind that the caller cannot see
@@ -115,16 +126,19 @@ def _start_on_ray(
     socket: SocketConfig | None,
     system: SystemConfig | None,
     history: int,
-    num_replicas: int,
+    num_replicas: int | str,
     ready_timeout: float,
+    state_dir: str | None,
+    port_span: int = 1,
+    history_age: float | None = None,
 ) -> ControlPlaneInfo:
     if no_auth:
         auth.check_no_auth_allowed(host)
         token_value = None
     else:
         token_value = auth.resolve_token(token)
-    ensure_hub(history)
-    ensure_controller(system)
+    ensure_hub(history, state_dir, history_age)
+    ensure_controller(system, state_dir)
     if not _app_running():
         if started_ray:
             # The gateway's replica runs on this machine (the head node): a port in use
@@ -139,12 +153,23 @@ def _start_on_ray(
             socket=socket or SocketConfig(),
             host=host,
             port=port,
-            num_replicas=num_replicas,
+            num_replicas=replica_count(num_replicas),
+            port_span=port_span,
         )
         serve.run(build_app(config), name=runtime.SERVE_APP_NAME, route_prefix=None)
     info = ControlPlaneInfo(host, port, token_value, started_ray)
     _wait_healthy(info, ready_timeout)
     return info
+
+
+def replica_count(replicas: int | str) -> int:
+    """``replicas`` as a number: ``"per-node"`` is one on each node alive now."""
+    if replicas == "per-node":
+        return max(1, sum(1 for node in ray.nodes() if node["Alive"]))
+    count = int(replicas)
+    if count < 1:
+        raise ValueError(f"replicas must be at least 1 or 'per-node', got {replicas!r}")
+    return count
 
 
 def _app_running() -> bool:
@@ -184,6 +209,9 @@ def stop(kill_jobs: bool = True) -> None:
         controller = runtime.get_actor(runtime.CONTROLLER_NAME)
         if controller is not None:
             statuses: list[Any] = ray.get(controller.list_jobs.remote())
+            # The controller ends them for good: recorded cancelled, never restarted (a
+            # killed actor is otherwise a lost one, restarted from its last save).
+            ray.get(controller.stop_jobs.remote())
             for status in statuses:
                 actor = runtime.get_actor(runtime.job_actor_name(status.job_id))
                 if actor is not None:

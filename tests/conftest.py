@@ -62,3 +62,12 @@ def plane(ray_session: None) -> object:
             close_timeout=30.0,  # a slow test client reads its backlog before the close frame
         ),
     )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``ray_up`` tests run ``ray stop``, which stops every Ray on the machine: run them
+    before any test that starts one (tests without Ray keep going first)."""
+    uses_ray = [i for i in items if i.get_closest_marker("ray") or i.get_closest_marker("ray_up")]
+    first = [i for i in items if i not in uses_ray]
+    ray_up = [i for i in uses_ray if i.get_closest_marker("ray_up")]
+    items[:] = first + ray_up + [i for i in uses_ray if not i.get_closest_marker("ray_up")]

@@ -7,15 +7,17 @@ supervises and restarts it.
 import asyncio
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any
 
+import ray
 from fastapi import FastAPI, HTTPException, Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from ray import serve
 
-from control_plane.actors import runtime
+from control_plane.actors import gateway_directory, runtime
+from control_plane.actors.gateway_directory import GatewayAddress
 from control_plane.actors.hub import RayHub
 from control_plane.core.errors import AuthError, CommandError, ControlPlaneError
 from control_plane.core.protocol import CloseCode, JobCommand, encode, error_reply
@@ -38,6 +40,9 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     num_replicas: int = 1  # one per node; a single one runs on the head node
+    # Ports ``port .. port+port_span-1``: each replica listens on the first one free on its
+    # node (nodes that share an address, as on one test machine, need one each).
+    port_span: int = 1
 
 
 app = FastAPI(title="Ray job control plane", docs_url=None, redoc_url=None)
@@ -85,8 +90,16 @@ class Gateway:
             config.port,
             ping_interval=config.socket.heartbeat_interval,
             ping_timeout=config.socket.heartbeat_timeout,
+            port_span=config.port_span,
         )
         self._server.start(ready=_replica_initialized)
+        self._address = GatewayAddress(
+            serve.get_replica_context().replica_id.unique_id,
+            config.host,
+            self._server.port,
+            ray.util.get_node_ip_address(),
+        )
+        gateway_directory.announce(self._address)  # where `control-plane watch` finds it
 
     def check_health(self) -> None:
         """Serve's health check: a replica whose server stopped is replaced. It also pokes
@@ -116,6 +129,7 @@ class Gateway:
 
     async def __del__(self) -> None:
         """Serve calls this when the replica stops: tell clients to come back (1012)."""
+        gateway_directory.withdraw(self._address.replica)
         await self._manager.close_all(CloseCode.RESTARTING, "gateway restarting")
         await self._server.stop()
 
@@ -140,7 +154,8 @@ class Gateway:
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
-        return {"status": "ok", "pid": os.getpid(), **self._manager.stats()}
+        where = asdict(self._address)
+        return {"status": "ok", "pid": os.getpid(), **where, **self._manager.stats()}
 
     @app.get("/", response_model=None)
     async def index(self, request: Request) -> Response:

@@ -45,6 +45,20 @@ def resolve_token(token: str | None = None, token_file: Path | None = None) -> s
     return new
 
 
+def find_token(token: str | None = None, token_file: Path | None = None) -> str | None:
+    """The token a client presents: explicit, else the environment, else the kept one if
+    there is one (a client never makes one up)."""
+    if token:
+        return token
+    env = os.environ.get(TOKEN_ENV)
+    if env:
+        return env
+    try:
+        return (token_file or TOKEN_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
 def is_loopback(host: str) -> bool:
     if host in ("localhost", ""):
         return True

@@ -35,24 +35,33 @@ def check_free(host: str, port: int) -> None:
     bind(host, port, patience=0).close()
 
 
-def bind(host: str, port: int, patience: float = BIND_PATIENCE) -> socket.socket:
-    """A listening socket on ``host:port``; retries while the port is in use (a replica that
-    Serve is replacing may still hold it), then raises ``OSError``."""
+def bind(host: str, port: int, patience: float = BIND_PATIENCE, span: int = 1) -> socket.socket:
+    """A listening socket on ``host`` and the first free port of ``port .. port+span-1``
+    (replicas on nodes that share an address take one each); retries while all are in use
+    (a replica that Serve is replacing may still hold one), then raises ``OSError``."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    ports = range(port, port + max(1, span))
     deadline = time.monotonic() + patience
     while True:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.listen(2048)
-            sock.setblocking(False)
-            return sock
-        except OSError as e:
-            sock.close()
-            if e.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
-                raise OSError(e.errno, f"the gateway cannot listen on {host}:{port}: {e}") from e
-            time.sleep(0.25)
+        for candidate in ports:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((host, candidate))
+                sock.listen(2048)
+                sock.setblocking(False)
+                return sock
+            except OSError as e:
+                sock.close()
+                if e.errno != errno.EADDRINUSE:
+                    raise OSError(
+                        e.errno, f"the gateway cannot listen on {host}:{candidate}: {e}"
+                    ) from e
+                error = e
+        if time.monotonic() >= deadline:
+            where = f"{host}:{port}" if span <= 1 else f"{host}:{port}-{ports[-1]}"
+            raise OSError(error.errno, f"the gateway cannot listen on {where}: {error}") from error
+        time.sleep(0.25)
 
 
 def abort_connection(websocket: Any) -> bool:
@@ -81,9 +90,11 @@ class ReplicaServer:
         port: int,
         ping_interval: float | None = 15.0,
         ping_timeout: float | None = 20.0,
+        port_span: int = 1,
     ) -> None:
         self.host = host
         self.port = port
+        self.port_span = port_span
         self._config = uvicorn.Config(
             app,
             lifespan="off",
@@ -104,7 +115,7 @@ class ReplicaServer:
     def start(self, ready: Callable[[], Awaitable[None]] | None = None) -> None:
         """Bind now (so a port that cannot be had fails the replica), serve in the background
         once ``ready`` returns (connections wait in the listen backlog meanwhile)."""
-        self._socket = bind(self.host, self.port)
+        self._socket = bind(self.host, self.port, span=self.port_span)
         self.port = self._socket.getsockname()[1]
         self._task = asyncio.get_running_loop().create_task(self._serve(self._socket, ready))
 

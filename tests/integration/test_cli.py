@@ -9,12 +9,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import ray
 
+import control_plane
 from tests.conftest import free_port
 from tests.integration.wsclient import TestSocket
 
@@ -131,3 +133,54 @@ def test_watch_shows_a_job_to_its_end(plane: Any) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert 'completed: {"steps": 10}' in out.stdout
+
+
+def test_watch_finds_the_gateway_from_the_cluster_on_any_port(plane: Any) -> None:
+    """No --url: ``watch`` asks the cluster where its gateway replicas listen (this session's
+    gateway is on a random port, not 8000), with the token from the environment."""
+    import control_plane
+    from tests.conftest import TOKEN
+
+    env = {k: v for k, v in os.environ.items() if k not in ("CONTROL_PLANE_URL", "RAY_ADDRESS")}
+    env["CONTROL_PLANE_TOKEN"] = TOKEN
+    job = control_plane.submit("jobs.examples:countdown", steps=3, delay=0.05)
+    address = ray.get_runtime_context().gcs_address
+    out = subprocess.run(
+        [_script(), "watch", job.job_id, "--address", address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert plane.port != 8000
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert 'completed: {"steps": 3}' in out.stdout
+
+
+def test_suspend_from_the_shell_and_its_refusal_for_a_job_that_never_saved(plane: Any) -> None:
+    address = ray.get_runtime_context().gcs_address
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [_script(), *args, "--address", address], capture_output=True, text=True, timeout=120
+        )
+
+    saving = run(
+        "submit", "jobs.examples:resumable_sum", "--arg", "steps=2000", "--arg", "delay=0.01"
+    )
+    plain = run("submit", "jobs.examples:countdown", "--arg", "steps=3000", "--arg", "delay=0.01")
+    saving_id = saving.stdout.strip().splitlines()[-1]
+    plain_id = plain.stdout.strip().splitlines()[-1]
+    handle = control_plane.get_job(saving_id)
+    deadline = time.monotonic() + 60
+    while handle.status().progress == 0:  # it has saved once it reports progress
+        assert time.monotonic() < deadline, "the saving job did not start"
+        time.sleep(0.05)
+    refused = run("suspend", plain_id)
+    assert refused.returncode == 1 and "ctx.save" in refused.stderr, refused.stderr
+    suspended = run("suspend", saving_id)
+    assert suspended.returncode == 0, suspended.stderr[-2000:]
+    assert json.loads(suspended.stdout)["state"] == "suspended"
+    assert json.loads(run("status", saving_id).stdout)["state"] == "suspended"
+    for job_id in (saving_id, plain_id):
+        assert json.loads(run("cancel", job_id).stdout)["state"] == "cancelled"

@@ -1,0 +1,60 @@
+"""The gateway as a Ray Serve application builder, for ``serve deploy deploy/serve.yaml``.
+
+Serve's own tooling (``serve deploy``, ``serve status``, in-place updates of the config)
+then rolls the gateway out and scales it. The builder makes sure the hub and the controller
+run, as ``control_plane.start()`` does, and returns the same application.
+
+The token is never in the config file: it is ``CONTROL_PLANE_TOKEN`` in the environment Ray
+was started with, else the token kept under the user's home on the node that builds the
+application (the cluster files copy yours to the head node).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from control_plane.actors.controller import ensure_controller
+from control_plane.actors.hub import DEFAULT_HISTORY, ensure_hub
+from control_plane.gateway import auth
+from control_plane.gateway.app import GatewayConfig, build_app
+from control_plane.gateway.manager import SocketConfig
+from control_plane.launcher import replica_count
+
+
+class GatewayArgs(BaseModel):
+    """What ``args:`` in the Serve config may say; anything else is an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    port_span: int = Field(1, ge=1)
+    replicas: int | str = 1
+    history: int = Field(DEFAULT_HISTORY, ge=1)
+    history_age: float | None = Field(None, gt=0)
+    state_dir: str | None = None
+    allowed_origins: list[str] = Field(default_factory=list)
+    no_auth: bool = False
+    socket: dict[str, Any] = Field(default_factory=dict)  # SocketConfig's fields
+
+
+def app_builder(args: dict[str, Any]) -> Any:
+    """Serve calls this with the config's ``args`` and deploys what it returns."""
+    given = GatewayArgs.model_validate(args)
+    if given.no_auth:
+        auth.check_no_auth_allowed(given.host)
+    token = None if given.no_auth else auth.resolve_token()
+    ensure_hub(given.history, given.state_dir, given.history_age)
+    ensure_controller(None, given.state_dir)
+    config = GatewayConfig(
+        token=token,
+        allowed_origins=given.allowed_origins,
+        socket=SocketConfig(**given.socket),
+        host=given.host,
+        port=given.port,
+        num_replicas=replica_count(given.replicas),
+        port_span=given.port_span,
+    )
+    return build_app(config)
