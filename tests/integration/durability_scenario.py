@@ -39,7 +39,7 @@ import time
 import traceback
 from typing import Any
 
-from tests.integration.multinode_scenario import _actor_node, free_port, step
+from tests.integration.multinode_scenario import _actor_node, free_port, step, tear_down
 
 TIMEOUT = 480  # seconds for the whole scenario, cleanup excluded
 CLEANUP_GRACE = 45
@@ -382,7 +382,6 @@ def main() -> int:
     os.environ["RAY_TMPDIR"] = own_tmp
 
     import ray
-    from ray import serve
     from ray.cluster_utils import Cluster
 
     import control_plane
@@ -421,21 +420,7 @@ def main() -> int:
         traceback.print_exc()
     finally:
         signal.alarm(0)
-        if started:
-            for name, stop in (
-                ("control_plane.stop", control_plane.stop),
-                ("serve.shutdown", serve.shutdown),
-                ("ray.shutdown", ray.shutdown),
-            ):
-                try:
-                    stop()
-                except Exception:
-                    step(f"{name} failed:\n{traceback.format_exc()}")
-        if cluster is not None:
-            try:
-                cluster.shutdown()
-            except Exception:
-                step(f"cluster.shutdown failed:\n{traceback.format_exc()}")
+        tear_down(started, cluster)
         faulthandler.cancel_dump_traceback_later()
         shutil.rmtree(own_tmp, ignore_errors=True)
     took = time.monotonic() - began

@@ -40,12 +40,14 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
 import traceback
 import types
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 TIMEOUT = 240  # seconds for the whole scenario, cleanup excluded
@@ -317,6 +319,42 @@ def add_worker(cluster: Any) -> Any:
 # --- setup and teardown ------------------------------------------------------------------------
 
 
+def run_in_own_process(module: str, timeout: float, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run a scenario module (``python -m``) from the repository root, output captured: a
+    driver connects to one Ray at a time, and the tests' session has one already."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=timeout,
+        capture_output=True,
+        text=True,
+    )
+
+
+def tear_down(started: bool, cluster: Any) -> None:
+    """Stop the control plane, Serve and Ray (if they were started), then the cluster; a step
+    that fails is reported and the next one still runs."""
+    import ray
+    from ray import serve
+
+    import control_plane
+
+    steps: list[tuple[str, Any]] = []
+    if started:
+        steps += [
+            ("control_plane.stop", control_plane.stop),
+            ("serve.shutdown", serve.shutdown),
+            ("ray.shutdown", ray.shutdown),
+        ]
+    if cluster is not None:
+        steps.append(("cluster.shutdown", cluster.shutdown))
+    for name, stop in steps:
+        try:
+            stop()
+        except Exception:
+            step(f"{name} failed:\n{traceback.format_exc()}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -333,7 +371,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["RAY_TMPDIR"] = own_tmp
 
     import ray
-    from ray import serve
     from ray.cluster_utils import Cluster
 
     import control_plane
@@ -372,21 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
     finally:
         signal.alarm(0)
-        if started:
-            for name, stop in (
-                ("control_plane.stop", control_plane.stop),
-                ("serve.shutdown", serve.shutdown),
-                ("ray.shutdown", ray.shutdown),
-            ):
-                try:
-                    stop()
-                except Exception:
-                    step(f"{name} failed:\n{traceback.format_exc()}")
-        if cluster is not None:
-            try:
-                cluster.shutdown()
-            except Exception:
-                step(f"cluster.shutdown failed:\n{traceback.format_exc()}")
+        tear_down(started, cluster)
         faulthandler.cancel_dump_traceback_later()
         shutil.rmtree(own_tmp, ignore_errors=True)
     took = time.monotonic() - began

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import TOKEN, free_port
+from tests.integration.multinode_scenario import run_in_own_process
 from tests.integration.rawclient import RawClient
 
 pytestmark = pytest.mark.ray
@@ -26,13 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_fifty_clients_through_nginx_get_each_event_once_across_a_replica_kill() -> None:
     if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
         pytest.skip("nginx is not installed (.ci/run installs Debian's)")
-    out = subprocess.run(
-        [sys.executable, "-m", "tests.integration.nginx_scenario"],
-        cwd=ROOT,
-        timeout=400,
-        capture_output=True,
-        text=True,
-    )
+    out = run_in_own_process("tests.integration.nginx_scenario", 400)
     steps = "\n".join(line for line in out.stdout.splitlines() if line.startswith("[multinode"))
     assert out.returncode == 0 and "NGINX SCENARIO PASSED" in out.stdout, (
         f"the nginx scenario exited with {out.returncode}\n{steps}\n"

@@ -6,26 +6,17 @@ reads whether its check passed."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.ray
+from tests.integration.multinode_scenario import run_in_own_process
 
-ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
 def scenario() -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "tests.integration.durability_scenario"],
-        cwd=ROOT,
-        timeout=600,
-        capture_output=True,
-        text=True,
-    )
+    out = run_in_own_process("tests.integration.durability_scenario", 600)
     return out.stdout + f"\n--- stderr (tail) ---\n{out.stderr[-4000:]}\nEXIT {out.returncode}"
 
 

@@ -3,27 +3,17 @@ driver connects to one Ray at a time, and this session's Ray is the tests' share
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-pytestmark = pytest.mark.ray
+from tests.integration.multinode_scenario import run_in_own_process
 
-ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.ray
 
 
 @pytest.mark.timeout(360)
 @pytest.mark.parametrize("order", [["--worker-first"], []], ids=["worker-first", "worker-later"])
 def test_gateway_jobs_and_a_lost_worker_node_on_a_two_node_cluster(order: list[str]) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "tests.integration.multinode_scenario", *order],
-        cwd=ROOT,
-        timeout=300,
-        capture_output=True,
-        text=True,
-    )
+    out = run_in_own_process("tests.integration.multinode_scenario", 300, *order)
     assert out.returncode == 0, (
         f"the multi-node scenario exited with {out.returncode}\n"
         f"--- stdout (tail) ---\n{out.stdout[-6000:]}\n"
