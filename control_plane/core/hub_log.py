@@ -197,21 +197,27 @@ class EventLog:
         ``at`` is when they were appended (``time.time()``), for :meth:`expire`."""
         if not events:
             return self._head
-        types, channels, heads, tails = zip(*events, strict=True)
-        self._types.extend(types)
-        self._channels.extend(channels)
-        self._heads.extend(heads)
-        self._tails.extend(tails)
-        self._targets.extend(repeat(target, len(types)))
-        self._head += len(types)
-        self.total_appended += len(types)
-        self._stamps.append((self._head, time.time() if at is None else at))
+        count = self._extend(events, target, time.time() if at is None else at)
+        self._head += count
+        self.total_appended += count
         overflow = len(self._types) - self.capacity
         # Trim in chunks so that appends stay amortised O(1).
         if overflow > max(1, self.capacity // 10) or (overflow > 0 and self.capacity < 10):
             self._drop_through(self._first_seq + overflow - 1)
         self._wake()
         return self._head
+
+    def _extend(self, events: list[Encoded], target: str, at: float) -> int:
+        """Add ``events`` to the columns, stamped ``at``, as the seqs after the last stored
+        one; return how many."""
+        types, channels, heads, tails = zip(*events, strict=True)
+        self._types.extend(types)
+        self._channels.extend(channels)
+        self._heads.extend(heads)
+        self._tails.extend(tails)
+        self._targets.extend(repeat(target, len(types)))
+        self._stamps.append((self._first_seq + len(self._types) - 1, at))
+        return len(types)
 
     def _drop_through(self, seq: int) -> None:
         """Forget the entries up to ``seq``."""
@@ -243,13 +249,7 @@ class EventLog:
         self._first_seq = batches[0].first_seq if batches else head + 1
         for batch in batches:
             if batch.events:
-                types, channels, heads, tails = zip(*batch.events, strict=True)
-                self._types.extend(types)
-                self._channels.extend(channels)
-                self._heads.extend(heads)
-                self._tails.extend(tails)
-                self._targets.extend(repeat(batch.target, len(types)))
-                self._stamps.append((batch.last_seq, batch.at))
+                self._extend(batch.events, batch.target, batch.at)
         self._head = self._first_seq + len(self._types) - 1
         if self._head != head:
             raise ValueError(f"the restored batches end at {self._head}, the head is {head}")
