@@ -260,6 +260,15 @@ class SocketSeam:
         """A replay that will not come (the request failed); True: drain now."""
         return self.merge.replayed(())
 
+    def hold_for_snapshots(self) -> None:
+        """A subscribe without ``since`` is fetching job snapshots: live entries wait, so
+        that each snapshot reaches the client before the events that follow it."""
+        self.merge.hold()
+
+    def snapshots_sent(self) -> bool:
+        """The snapshots are queued (or failed); True: drain what was held now."""
+        return self.merge.replayed(())
+
     def live(self, entry: LogEntry) -> Offer:
         """What to do with a live entry for this socket."""
         if self._has(entry):

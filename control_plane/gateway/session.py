@@ -330,8 +330,7 @@ class Session:
         live_from = self.manager.add_channels(self, msg.channels)
         self.seam.subscribed(msg.channels, live_from, msg.since)
         if msg.since is None:
-            await self._send_snapshots(msg.channels)
-            self.reply(self._ack(msg, seq=live_from, epoch=self.manager.epoch))
+            await self._subscribe_live(msg, live_from)
             return
         drain = False
         try:
@@ -360,6 +359,20 @@ class Session:
             raise
         finally:
             if drain and not self.closing:
+                await self._drain()
+
+    async def _subscribe_live(self, msg: Subscribe, live_from: int) -> None:
+        """Without ``since``: the snapshots, the ack, then live events (held meanwhile, so
+        that none overtakes the snapshot of its job)."""
+        if not any(channel.startswith(JOB_CHANNEL_PREFIX) for channel in msg.channels):
+            self.reply(self._ack(msg, seq=live_from, epoch=self.manager.epoch))
+            return
+        self.seam.hold_for_snapshots()
+        try:
+            await self._send_snapshots(msg.channels)
+            self.reply(self._ack(msg, seq=live_from, epoch=self.manager.epoch))
+        finally:
+            if self.seam.snapshots_sent() and not self.closing:
                 await self._drain()
 
     def _ack(self, msg: Subscribe, **data: Any) -> dict[str, Any]:

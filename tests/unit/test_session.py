@@ -249,6 +249,34 @@ async def test_a_subscribe_with_since_replays_then_goes_live_each_seq_once(manag
     assert got == before[2:] + after + others
 
 
+async def test_a_subscribe_without_since_sends_the_snapshot_before_any_live_event(hub):
+    # The snapshot comes from the controller while the reader goes on: an event of the job
+    # that arrives meanwhile waits behind the snapshot and the ack.
+    fetching, release = asyncio.Event(), asyncio.Event()
+
+    async def snapshots(job_id: str) -> dict[str, Any]:
+        fetching.set()
+        await release.wait()
+        return {"job_id": job_id, "status": "running", "seq": 0}
+
+    manager = WebSocketManager()
+    manager.configure(CONFIG, hub, snapshots=snapshots)
+    manager.start()
+    try:
+        ws, _ = await open_socket(manager, "fresh")
+        ws.sent.clear()
+        ws.say({"type": "subscribe", "channels": ["job:a"], "id": "s"})
+        await fetching.wait()
+        seqs = hub.emit("a", 3)
+        await asyncio.sleep(0.05)  # the reader has offered them by now
+        release.set()
+        await ws.wait_for(lambda f: f.get("seq") == seqs[-1])
+        assert [f["type"] for f in ws.sent] == ["job.snapshot", "ack"] + ["job.progress"] * 3
+        assert [f["seq"] for f in ws.events()] == seqs
+    finally:
+        await manager.close_all()
+
+
 async def test_a_since_ahead_of_a_lagging_reader_sends_nothing_the_client_had(manager, hub):
     # The replica's reader takes nothing of job:c, so its cursor stays behind the hub's head.
     ws, _ = await open_socket(manager, "ahead")
