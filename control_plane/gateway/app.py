@@ -11,7 +11,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, Literal, get_args
 
 import ray
 from fastapi import FastAPI, HTTPException, Request, WebSocket
@@ -41,7 +41,19 @@ DEPLOYMENT_NAME = "gateway"
 STATIC = resources.files("control_plane.gateway").joinpath("static")
 STATIC_TYPES = {"js": "text/javascript", "css": "text/css"}
 CLIENT_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-COMMANDS = ("pause", "resume", "cancel", "suspend")
+Command = Literal["pause", "resume", "cancel", "suspend"]
+COMMANDS = get_args(Command)
+
+
+def _refusals(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The refusals a REST route documents (its OpenAPI responses)."""
+    text = {
+        401: "no valid token (or a Host that is not ours)",
+        403: "the caller's role or the job's owner does not allow it",
+        404: "no such job",
+        409: "the job's state does not allow the command",
+    }
+    return {code: {"description": text[code]} for code in codes}
 
 
 @dataclass
@@ -260,27 +272,29 @@ class Gateway:
             raise HTTPException(404)
         return Response(path.read_text(), media_type=media)
 
-    @app.get("/api/token", summary="Who the presented token stands for")
+    @app.get("/api/token", summary="Who the presented token stands for", responses=_refusals(401))
     async def api_token(self, request: Request) -> dict[str, Any]:
         return self._guard(request).public()
 
-    @app.get("/api/jobs", summary="The jobs the caller may see")
+    @app.get("/api/jobs", summary="The jobs the caller may see", responses=_refusals(401))
     async def api_jobs(self, request: Request) -> list[dict[str, Any]]:
         principal = self._guard(request)
         statuses = await self._controller.list_jobs.remote()
         return [_status_dict(s) for s in statuses if principal.may_see_owner(s.owner)]
 
-    @app.get("/api/jobs/{job_id}", summary="One job's status")
+    @app.get("/api/jobs/{job_id}", summary="One job's status", responses=_refusals(401, 403, 404))
     async def api_job(self, job_id: str, request: Request) -> dict[str, Any]:
         principal = self._guard(request)
         status = await self._visible_status(principal, job_id)
         return _status_dict(status)
 
-    @app.post("/api/jobs/{job_id}/{command}", summary="Pause, resume, cancel or suspend a job")
-    async def api_command(self, job_id: str, command: str, request: Request) -> dict[str, Any]:
+    @app.post(
+        "/api/jobs/{job_id}/{command}",
+        summary="Pause, resume, cancel or suspend a job",
+        responses=_refusals(401, 403, 404, 409),
+    )
+    async def api_command(self, job_id: str, command: Command, request: Request) -> dict[str, Any]:
         principal = self._guard(request)
-        if command not in COMMANDS:
-            raise HTTPException(404, f"no command {command!r}: use {', '.join(COMMANDS)}")
         if len(job_id) > 128:
             raise HTTPException(404, "no such job")
         msg = JobCommand.model_validate({"type": f"job.{command}", "job_id": job_id})

@@ -204,3 +204,29 @@ async def test_rest_follows_the_same_rules(plane: Any, jobs: Any) -> None:
         assert me["sub"] == "bob" and me["role"] == "viewer"
         spec = (await http.get("/openapi.json")).json()
         assert "/api/jobs/{job_id}/{command}" in spec["paths"]
+
+
+async def test_no_token_is_in_rays_logs_or_serves_stored_state(plane: Any, jobs: Any) -> None:
+    """After the tests above (refusals, commands, refreshes, REST), neither the shared token
+    nor the signing key is in any file of the Ray session's logs or in Serve's records in
+    Ray's KV (where a deployment's init args are kept)."""
+    from pathlib import Path
+
+    import ray
+    from ray.experimental import internal_kv
+
+    secrets = [TOKEN.encode(), CREDENTIALS.key, CREDENTIALS.key.hex().encode()]
+    session_dir = Path(ray._private.worker._global_node.get_session_dir_path())
+    checked = 0
+    for path in (session_dir / "logs").rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            checked += 1
+            assert not any(s in data for s in secrets), path
+    assert checked > 10
+    keys = internal_kv._internal_kv_list(b"", namespace="serve")
+    values = [internal_kv._internal_kv_get(key, namespace="serve") or b"" for key in keys]
+    # The gateway's init args are in there (so the search looks where a token would be).
+    assert any(b"allowed_hosts" in value for value in values)
+    for key, value in zip(keys, values, strict=True):
+        assert not any(s in value for s in secrets), key
