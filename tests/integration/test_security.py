@@ -230,3 +230,17 @@ async def test_no_token_is_in_rays_logs_or_serves_stored_state(plane: Any, jobs:
     assert any(b"allowed_hosts" in value for value in values)
     for key, value in zip(keys, values, strict=True):
         assert not any(s in value for s in secrets), key
+
+
+async def test_the_python_client_raises_forbidden_and_refreshes_its_token(
+    plane: Any, jobs: Any
+) -> None:
+    from control_plane.client import ControlPlaneClient, Forbidden
+
+    async with ControlPlaneClient(plane.ws_url, signed("bob", "viewer", ttl=3)) as client:
+        with pytest.raises(Forbidden):
+            await client.pause(jobs["alice"].job_id)
+        me = await client.refresh_token(signed("bob", "viewer", ttl=600))
+        assert me["sub"] == "bob"
+        await asyncio.sleep(4)  # past the first token's end
+        assert await client.ping() > 0
