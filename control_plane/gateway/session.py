@@ -55,6 +55,7 @@ from control_plane.core.protocol import (
 )
 from control_plane.core.seam import Offer, SocketSeam
 from control_plane.gateway.replica_server import abort_connection
+from control_plane.observability import tracing
 
 if TYPE_CHECKING:
     from control_plane.gateway.manager import WebSocketManager
@@ -108,6 +109,8 @@ class Session:
         self.seam = SocketSeam(max_held=16 * queue, rejoin_limit=queue)
         self.delivered = 0
         self.close_code: int | None = None
+        self.peer_code: int | None = None  # the close code the peer (or its transport) gave
+        self.job_ids: set[str] = set()  # of the job channels it subscribed to (for the logs)
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
         self._catcher: asyncio.Task[None] | None = None
@@ -148,6 +151,7 @@ class Session:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._closer)
             self.state = SessionState.CLOSED
+            self.manager.closed(self)
 
     # --- sending ---------------------------------------------------------------------------
 
@@ -226,6 +230,7 @@ class Session:
                 beat.sending(time.monotonic())
                 await ws.send_text(frame)
                 beat.sent()
+                self.manager.frames_sent += 1
         except (WebSocketDisconnect, RuntimeError, OSError):
             return  # the peer is gone; the reader sees the disconnect
 
@@ -278,6 +283,7 @@ class Session:
         while True:
             message = await ws.receive()
             if message["type"] == "websocket.disconnect":
+                self.peer_code = message.get("code")
                 return
             text = message.get("text")
             size = _frame_size(text, message.get("bytes"), limit)
@@ -310,7 +316,7 @@ class Session:
                 channels = sorted(self.manager.index.channels_of(self.client_id))
                 self.reply(ack(msg.id, channels=channels))
             elif isinstance(msg, JobCommand):
-                result = await self.manager.run_command(msg, self.client_id)
+                result = await self._command(msg)
                 self.reply(ack(msg.id, job_id=msg.job_id, command=msg.command, **result))
         except asyncio.CancelledError:
             raise
@@ -320,12 +326,30 @@ class Session:
             logger.exception("request %r failed", msg)
             self.reply(error_reply(msg.id, "internal_error", f"{type(e).__name__}: {e}"))
 
+    async def _command(self, msg: JobCommand) -> dict[str, Any]:
+        """Run a job command; its round trip and outcome go to the metrics and the log."""
+        started, outcome = time.monotonic(), "cancelled"
+        try:
+            with tracing.span("command", job_id=msg.job_id, command=msg.command):
+                result = await self.manager.run_command(msg, self.client_id)
+            outcome = "ok"
+            return result
+        except ControlPlaneError as e:
+            outcome = e.code
+            raise
+        except Exception:
+            outcome = "internal_error"
+            raise
+        finally:
+            self.manager.command_done(msg, self.client_id, outcome, time.monotonic() - started)
+
     async def subscribe(self, msg: Subscribe) -> None:
         """Each ``job:<id>`` channel's snapshot, the ack, the replay (with ``since``), then
         live events; live events that come meanwhile are held and merged in by seq."""
         if self.state is SessionState.OPEN:
             self.state = SessionState.SUBSCRIBED
         self.heartbeat.subscribed = True
+        self.job_ids.update(c[len(JOB_CHANNEL_PREFIX) :] for c in msg.channels if c[:4] == "job:")
         await self._caught_up.wait()  # a socket catching up subscribes once it is live
         live_from = self.manager.add_channels(self, msg.channels)
         self.seam.subscribed(msg.channels, live_from, msg.since)
