@@ -10,8 +10,12 @@ about once a second: the endpoint is polled with a deadline until each series is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import re
+import signal
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -226,3 +230,87 @@ async def test_every_series_reaches_rays_metrics_endpoint_after_a_countdown_a_pa
     named = dashboard_series()
     assert named, "the dashboard names no series"
     assert named <= set(samples), f"the dashboard names series never served: {named - set(samples)}"
+
+
+# --- structured logs --------------------------------------------------------------------------
+
+
+def _json_of(line: str) -> dict[str, Any] | None:
+    """The JSON object of a log line, also behind the prefix Ray puts on a worker's lines
+    that it forwards to the driver (``(ServeReplica:... pid=123) {...}``)."""
+    start = line.find("{")
+    if start < 0:
+        return None
+    try:
+        found = json.loads(line[start:])
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None
+
+
+@pytest.mark.timeout(600)
+async def test_json_logs_have_a_line_per_command_and_per_close_and_no_token() -> None:
+    from tests.conftest import free_port
+
+    port = free_port()
+    token = "logs-" + os.urandom(8).hex()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "control_plane.cli",
+        "--log-format",
+        "json",
+        "serve",
+        "--port",
+        str(port),
+        "--token",
+        token,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+
+    async def read_until(predicate: Any, timeout: float) -> None:
+        assert proc.stdout is not None
+        async with asyncio.timeout(timeout):
+            while not any(predicate(line) for line in lines):
+                raw = await proc.stdout.readline()
+                if not raw:
+                    raise AssertionError("the server ended:\n" + "\n".join(lines[-40:]))
+                lines.append(raw.decode(errors="replace").rstrip())
+
+    def logged(event: str) -> list[dict[str, Any]]:
+        found = [_json_of(line) for line in lines]
+        return [f for f in found if f is not None and f.get("event") == event]
+
+    try:
+        await read_until(lambda line: "control plane ready" in line, 240)
+        client = RawClient(f"ws://127.0.0.1:{port}/ws", token, client_id="log-client-1")
+        await client.connect()
+        await client.send({"type": "job.pause", "job_id": "no-such-job", "id": "q1"})
+        reply = await client.reply_to("q1", 60)
+        assert reply["type"] == "error"
+        await client.close()
+        await read_until(lambda line: '"event": "close"' in line, 60)
+        await read_until(lambda line: '"event": "command"' in line, 60)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+        with contextlib.suppress(Exception):
+            rest, _ = await asyncio.wait_for(proc.communicate(), 120)
+            lines += rest.decode(errors="replace").splitlines()
+    (command_line,) = logged("command")
+    assert command_line["job_id"] == "no-such-job"
+    assert command_line["client_id"] == "log-client-1"
+    assert command_line["command"] == "pause"
+    assert command_line["outcome"] == reply["data"]["code"]
+    closes = [c for c in logged("close") if c["client_id"] == "log-client-1"]
+    assert closes and closes[0]["code"] == 1000 and closes[0]["outcome"] == "normal"
+    assert closes[0]["by"] == "client" and "job_id" in closes[0]
+    print("\n[JSON log lines]\n" + "\n".join(json.dumps(x) for x in [command_line, closes[0]]))
+    # The printed URL carries the token (the contract: the user opens it); nothing else may.
+    assert [line for line in lines if token in line and "?token=" not in line] == []
