@@ -68,7 +68,8 @@ def configure(fmt: str = "text", level: int = logging.INFO) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(formatter(fmt))
     logging.basicConfig(level=level, handlers=[handler], force=True)
-    os.environ[ENV_FORMAT] = fmt
+    if fmt == "json":
+        os.environ[ENV_FORMAT] = fmt  # passed on to the actors (text is their default)
 
 
 def configure_actor() -> None:
