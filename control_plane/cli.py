@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
             "a load balancer's); others are refused, against DNS rebinding",
         )
         p.add_argument("--metrics-interval", type=float, default=5.0, metavar="SECONDS")
+        # Also after the subcommand (``serve --log-format json``); the global one is the default.
+        p.add_argument("--log-format", choices=("text", "json"), default=argparse.SUPPRESS)
         p.add_argument(
             "--no-metrics",
             action="store_true",
