@@ -73,7 +73,7 @@ SPECS: Mapping[str, Spec] = {
     "job_restarts": Spec("counter", "Jobs restarted after their actor died."),
 }
 
-_KNOWN_TYPE_PREFIXES = ("job.", "agent.", "system.")
+_KNOWN_TYPE_PREFIXES = ("job.", "agent.", "system.", "audit.")
 
 
 def type_tag(event_type: str) -> str:
