@@ -359,7 +359,8 @@ class Session:
         if self.state is SessionState.OPEN:
             self.state = SessionState.SUBSCRIBED
         self.heartbeat.subscribed = True
-        self.job_ids.update(c[len(JOB_CHANNEL_PREFIX) :] for c in msg.channels if c[:4] == "job:")
+        prefix = JOB_CHANNEL_PREFIX
+        self.job_ids.update(c[len(prefix) :] for c in msg.channels if c.startswith(prefix))
         await self._caught_up.wait()  # a socket catching up subscribes once it is live
         live_from = self.manager.add_channels(self, msg.channels)
         self.seam.subscribed(msg.channels, live_from, msg.since)
