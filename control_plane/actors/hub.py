@@ -26,6 +26,7 @@ import logging
 import os
 import time
 from collections import Counter
+from operator import itemgetter
 from typing import Any
 
 import ray
@@ -83,7 +84,7 @@ class EventHub:
         self._start_sweeper()
         encoded = [encode_event(e) for e in events]
         if metrics.enabled():
-            self._published.update([e[0] for e in encoded])
+            self._published.update(map(itemgetter(0), encoded))
         return self._writer.publish(encoded, target)
 
     async def publish_encoded(
@@ -101,7 +102,7 @@ class EventHub:
         acknowledged without being appended again."""
         self._start_sweeper()
         if metrics.enabled():
-            self._published.update([e[0] for e in events])
+            self._published.update(map(itemgetter(0), events))
         start = tracing.now_ns() if tracing.active() else 0
         if publisher is None or number is None:
             head = self._writer.publish(events, target)

