@@ -13,7 +13,8 @@ Scenarios (row names start with the word): ``ingest`` (events/s into the hub fro
 with the SQLite log and without it, and the log's bytes per event), ``recovery`` (a hub
 restart with 1,000,000 events in its log, against one with an empty log),
 ``end to end`` (one job to one socket: sustained events/s and latency at half of it, and
-events/s unpaced against a bare uvicorn endpoint and a Serve-proxied one),
+events/s unpaced against a bare uvicorn endpoint and a Serve-proxied one), ``metrics``
+(ingest and end to end with the ``control_plane_*`` metrics on, against off),
 ``fan-out`` (many sockets on one job: latency, gateway memory per socket), ``pause``
 (socket command to ``job.paused``, idle and under load, against stopping a Ray Job),
 ``push vs poll`` (a state change reaching a watcher, against polling Ray Jobs' status) and
@@ -47,7 +48,7 @@ if str(ROOT) not in sys.path:  # run as a script: make ``benchmarks`` importable
 
 import psutil  # noqa: E402
 
-from benchmarks import control, events, recovery, report  # noqa: E402
+from benchmarks import control, events, metrics_cost, recovery, report  # noqa: E402
 from benchmarks.harness import Bench, Row, failed_row, other_ray_users  # noqa: E402
 
 MIN_FREE_MEMORY = 0.08  # of the total: below it the run stops (a runaway must not take the box)
@@ -91,6 +92,7 @@ class Run:
         await self.scenario("recovery", lambda: recovery.recovery(e.recovery_events))
         await self.scenario("end to end", lambda: events.end_to_end(b, e))
         await self.scenario("end to end, unpaced", lambda: events.unpaced(b, e))
+        await self.scenario("metrics", lambda: metrics_cost.metrics_cost(b, e, self.quick))
         await self.scenario("fan-out", lambda: events.fan_out(b, e))
         await self.scenario("pause", lambda: control.pause(b, c, self.ingest_rate))
         await self.scenario("push vs poll", lambda: control.push_vs_poll(b, c))

@@ -43,6 +43,12 @@ def _kv(pairs: Sequence[str]) -> dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="control-plane", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=os.environ.get("CONTROL_PLANE_LOG_FORMAT", "text"),
+        help="json: one JSON object a line, here and in the control plane's actors",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     for name, help_text in (
@@ -65,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
             "a load balancer's); others are refused, against DNS rebinding",
         )
         p.add_argument("--metrics-interval", type=float, default=5.0, metavar="SECONDS")
+        # Also after the subcommand (``serve --log-format json``); the global one is the default.
+        p.add_argument("--log-format", choices=("text", "json"), default=argparse.SUPPRESS)
+        p.add_argument(
+            "--no-metrics",
+            action="store_true",
+            help="record no control_plane_* metrics in Ray's metrics system",
+        )
         p.add_argument("--stall-after", type=float, default=300.0, metavar="SECONDS")
         p.add_argument(
             "--replicas",
@@ -154,10 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from control_plane.observability import logs
+
+    logs.configure(args.log_format, logging.DEBUG if args.verbose else logging.INFO)
+    if getattr(args, "no_metrics", False):
+        os.environ["CONTROL_PLANE_METRICS"] = "0"  # here, and passed on to the actors
     try:
         if args.command in ("serve", "demo"):
             from control_plane import service

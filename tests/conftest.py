@@ -26,11 +26,18 @@ def free_port() -> int:
         return port
 
 
+METRICS_PORT = free_port()  # Ray's Prometheus endpoint for the test session
+
+
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    # Ray's metrics agent serves Prometheus text on this port (tests/integration/
+    # test_observability.py reads it as Prometheus would).
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, _metrics_export_port=METRICS_PORT
+    )
     yield
     import control_plane
 

@@ -64,6 +64,8 @@ from control_plane.core.registry_store import (
     StoredOutcome,
 )
 from control_plane.core.system import AlertRules, SystemConfig, collect_cluster_metrics
+from control_plane.observability import logs, tracing
+from control_plane.observability import metrics as obs_metrics
 from jobs.actor import JobActorRemote, JobOptions, target_name
 from jobs.lifecycle import JobState, JobStatus
 
@@ -93,7 +95,9 @@ class Controller:
         self, config: SystemConfig | None = None, state_dir_path: str | None = None
     ) -> None:
         self._config = config or SystemConfig()
+        logs.configure_actor()
         self._hub = runtime.hub()
+        self._submitted: dict[str, float] = {}  # job id → monotonic submit time, until started
         self._self: ActorHandle | None = None
         self._registry = JobRegistry()
         self._actors: dict[str, ActorHandle] = {}
@@ -225,6 +229,7 @@ class Controller:
         record = JobRecord(job_id, name, owner, created_at, updated_at=created_at)
         self._registry.add(record)
         self._specs[job_id] = spec
+        self._submitted[job_id] = time.monotonic()
         self._store.put_job(stored_state(record, spec=spec))
         created = make_event(
             "job.created",
@@ -366,6 +371,7 @@ class Controller:
         attempt = record.restarts + 1
         if not self._stopping and attempt <= options.max_restarts:
             logger.warning("job %s: restart %d: %s", job_id, attempt, reason)
+            obs_metrics.recorder().add("job_restarts")
             self._emit_lifecycle(job_id, "job.restarted", attempt=attempt, reason=reason)
             try:
                 await self._launch(job_id)
@@ -508,7 +514,10 @@ class Controller:
                 return record.status()
             raise InvalidTransitionError(job_id, record.state.value, command)
         try:
-            status: JobStatus = await getattr(actor, command).remote()
+            with tracing.span(f"job_actor.{command}", job_id=job_id) as current:
+                status: JobStatus = await getattr(actor, command).remote()
+                if status.state is JobState.PAUSED:
+                    tracing.event(current, "job.paused", job_id=job_id)
         except RayActorError:
             return await self._settled_status(job_id, command)
         except InvalidTransitionError as e:
@@ -544,18 +553,24 @@ class Controller:
         return record.status()
 
     async def command(
-        self, job_id: str, command: str, request_key: tuple[str, str] | None = None
+        self,
+        job_id: str,
+        command: str,
+        request_key: tuple[str, str] | None = None,
+        trace: dict[str, str] | None = None,
     ) -> JobStatus:
         """Run ``pause|resume|cancel|suspend``; with a ``request_key`` (client id, request id) a
-        repeated request is applied once and answered with the first outcome."""
+        repeated request is applied once and answered with the first outcome. ``trace``: the
+        caller's span (``observability/tracing.py``), when it traces."""
         if command not in COMMANDS:
             raise ValueError(f"unknown command {command!r}")
-        if request_key is None:
-            return await self._command(job_id, command)
-        status: JobStatus = await self._idempotency.run(
-            request_key, lambda: self._command(job_id, command)
-        )
-        return status
+        with tracing.span("controller.command", trace, job_id=job_id, command=command):
+            if request_key is None:
+                return await self._command(job_id, command)
+            status: JobStatus = await self._idempotency.run(
+                request_key, lambda: self._command(job_id, command)
+            )
+            return status
 
     async def snapshot(self, job_id: str) -> dict[str, Any] | None:
         """The ``job.snapshot`` data of a job, or None for an unknown job."""
@@ -621,6 +636,9 @@ class Controller:
                 record = self._registry.apply_frame(entry.frame)
                 if record is not None:
                     changed[record.job_id] = record
+                    if entry.type == "job.started" and record.job_id in self._submitted:
+                        waited = time.monotonic() - self._submitted.pop(record.job_id)
+                        obs_metrics.recorder().observe("submit_to_started_seconds", waited)
             elif entry.type.startswith("agent."):
                 self._registry.apply_frame(entry.frame)
         if changed:  # one transaction for the batch
@@ -641,7 +659,7 @@ class Controller:
         their rows, outcomes and saved states."""
         gone = [j for j in self._specs if j not in self._registry]
         for job_id in gone:
-            for table in (self._specs, self._done, self._final, self._runs):
+            for table in (self._specs, self._done, self._final, self._runs, self._submitted):
                 table.pop(job_id, None)
         self._store.forget(gone)
 
@@ -664,6 +682,10 @@ class Controller:
                 logger.exception("system metrics failed")
             await asyncio.sleep(self._config.metrics_interval)
 
+    async def set_metrics(self, on: bool) -> None:
+        """Turn metrics on or off in the controller's process (benchmarks compare the two)."""
+        obs_metrics.set_enabled(on)
+
     async def publish_system_events(self) -> dict[str, Any]:
         """Publish one ``system.metrics`` (and any due ``system.alert``); return the metrics."""
         cluster = await asyncio.to_thread(collect_cluster_metrics)
@@ -673,6 +695,8 @@ class Controller:
             "jobs": self._registry.counts(),
             "hub": {k: stats[k] for k in ("head", "size", "capacity")},
         }
+        for state, count in metrics["jobs"].items():
+            obs_metrics.recorder().set("jobs", count, state=state)
         events = [_system_event("system.metrics", metrics)]
         alerts = self._rules.nodes(set(cluster["node_ids"]))
         alerts += self._rules.stalls(self._registry, time.monotonic())

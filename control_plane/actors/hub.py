@@ -25,6 +25,8 @@ import asyncio
 import logging
 import os
 import time
+from collections import Counter
+from operator import itemgetter
 from typing import Any
 
 import ray
@@ -36,6 +38,7 @@ from control_plane.core.event_store import EventStore
 from control_plane.core.hub_log import TARGET_CHANNEL, Encoded, ListenResult, ReaderFilter
 from control_plane.core.log_writer import LogWriter
 from control_plane.core.sqlite_store import SQLiteEventStore
+from control_plane.observability import logs, metrics, tracing
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +66,11 @@ class EventHub:
             capacity, store if store is not None else open_store(state_dir), history_age
         )
         self._log = self._writer.log
+        logs.configure_actor()
         self._sweeper: asyncio.Task[None] | None = None
         self._faults: dict[str, tuple[int, str]] = {}
+        self._published: Counter[str] = Counter()  # by type, flushed to metrics each second
+        self._flusher: asyncio.Task[None] | None = None
         if self._writer.restored:
             logger.info(
                 "event hub restored epoch %s: seq %d..%d",
@@ -76,7 +82,10 @@ class EventHub:
     async def publish(self, events: list[dict[str, Any]], target: str = TARGET_CHANNEL) -> int:
         """Append a batch of envelopes; return the seq of the last one."""
         self._start_sweeper()
-        return self._writer.publish([encode_event(e) for e in events], target)
+        encoded = [encode_event(e) for e in events]
+        if metrics.enabled():
+            self._published.update(map(itemgetter(0), encoded))
+        return self._writer.publish(encoded, target)
 
     async def publish_encoded(
         self,
@@ -92,13 +101,35 @@ class EventHub:
         written. A number appended before (a call Ray sent again after a restart) is
         acknowledged without being appended again."""
         self._start_sweeper()
+        if metrics.enabled():
+            self._published.update(map(itemgetter(0), events))
+        start = tracing.now_ns() if tracing.active() else 0
         if publisher is None or number is None:
-            return self._writer.publish(events, target)
-        return await self._writer.publish_numbered(events, target, publisher, number)
+            head = self._writer.publish(events, target)
+        else:
+            head = await self._writer.publish_numbered(events, target, publisher, number)
+        if start:
+            tracing.record("hub.append", start, events=len(events), head=head)
+        return head
 
     def _start_sweeper(self) -> None:
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+            self._flusher = asyncio.get_running_loop().create_task(
+                metrics.flush_every(self._flush_metrics)
+            )
+
+    def _flush_metrics(self, rec: metrics.Recorder) -> None:
+        log = self._log
+        rec.flush_counts("events_published", "type", self._published, metrics.type_tag)
+        rec.flush_counts("events_appended", "type", log.appended_types, metrics.type_tag)
+        rec.set("hub_history_events", len(log))
+        rec.set("hub_history_bytes", log.frame_bytes())
+        rec.set("hub_head_seq", log.head)
+
+    async def set_metrics(self, on: bool) -> None:
+        """Turn metrics on or off in the hub's process (benchmarks compare the two)."""
+        metrics.set_enabled(on)
 
     async def _sweep(self) -> None:
         """Append what waited too long for a batch that never came; apply retention."""

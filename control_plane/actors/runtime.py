@@ -15,6 +15,7 @@ import ray
 from ray.actor import ActorHandle
 
 from control_plane.core.errors import HubUnavailableError
+from control_plane.observability import logs
 
 logger = logging.getLogger(__name__)
 
@@ -88,4 +89,5 @@ def singleton_options(name: str) -> dict[str, Any]:
         "max_task_retries": -1,
         "max_concurrency": 10_000,
         "resources": {HEAD_NODE_RESOURCE: 0.001},
+        **logs.actor_env(),  # the log format, metrics switch and OTEL_* settings, if set
     }

@@ -132,6 +132,7 @@ class HubReader:
         self.state = ReaderState.IDLE
         self.epoch: str | None = None
         self.cursor = 0
+        self.head = 0  # the hub's head when a listen last came back (lag: head - cursor)
         self.received = 0  # entries handed to on_entries
         self.errors = 0
         self.resets = 0
@@ -218,6 +219,7 @@ class HubReader:
             try:
                 if self.epoch is None:
                     self.epoch, self.cursor = await self.hub.head()
+                    self.head = self.cursor
                     self.state = ReaderState.RUNNING
                     self._ready.set()
                 if not self._registered:
@@ -281,7 +283,7 @@ class HubReader:
             except Exception:
                 logger.exception("hub reader %s: on_reset failed", self.reader_id)
             return
-        self.epoch = result.epoch
+        self.epoch, self.head = result.epoch, result.head
         if result.entries:
             self.received += len(result.entries)
             try:

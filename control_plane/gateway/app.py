@@ -34,6 +34,7 @@ from control_plane.gateway import auth
 from control_plane.gateway.audit import AuditTrail
 from control_plane.gateway.manager import SocketConfig, get_ws_manager
 from control_plane.gateway.replica_server import ReplicaServer
+from control_plane.observability import logs, metrics, tracing
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ async def _replica_initialized(timeout: float = 60.0) -> None:
 class Gateway:
     def __init__(self, config: GatewayConfig) -> None:
         self._config = config
+        logs.configure_actor()
         self._controller = runtime.controller()
         self._manager = get_ws_manager()
         self._credentials = auth.load_credentials() if config.auth else None
@@ -140,6 +142,9 @@ class Gateway:
         )
         # The hub reader starts now, before any socket can connect: one reader per replica.
         self._manager.start()
+        self._metrics = asyncio.get_running_loop().create_task(
+            metrics.flush_every(self._manager.flush_metrics)
+        )
         self._server = ReplicaServer(
             app,
             config.host,
@@ -170,12 +175,18 @@ class Gateway:
         # another job or command is another request.
         key = (client_id, str(msg.id), msg.job_id, msg.command) if msg.id is not None else None
         try:
-            status = await self._controller.command.remote(msg.job_id, msg.command, key)
+            status = await self._controller.command.remote(
+                msg.job_id, msg.command, key, tracing.carrier()
+            )
         except ControlPlaneError:
             raise
         except Exception as e:
             raise CommandError(f"{msg.type} failed: {type(e).__name__}: {e}") from e
         return {"status": _status_dict(status)}
+
+    async def set_metrics(self, on: bool) -> None:
+        """Turn metrics on or off in this replica (benchmarks compare the two)."""
+        metrics.set_enabled(on)
 
     def _principal_of(self, token: str) -> Principal:
         if self._credentials is None:
@@ -196,6 +207,7 @@ class Gateway:
     async def __del__(self) -> None:
         """Serve calls this when the replica stops: tell clients to come back (1012)."""
         gateway_directory.withdraw(self._address.replica)
+        self._metrics.cancel()
         await self._manager.close_all(CloseCode.RESTARTING, "gateway restarting")
         await self._server.stop()
 
@@ -337,7 +349,7 @@ def build_app(config: GatewayConfig) -> Any:
     """The gateway application: replicas bind the port on their node, so at most one runs on
     a node, and a single one runs on the head node (where ``ray up`` users connect)."""
     deployment: Any = Gateway
-    actor_options: dict[str, Any] = {"num_cpus": 0}
+    actor_options: dict[str, Any] = {"num_cpus": 0, **logs.actor_env()}
     if config.num_replicas == 1:
         actor_options["resources"] = {runtime.HEAD_NODE_RESOURCE: 0.001}
     return deployment.options(

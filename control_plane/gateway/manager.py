@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -39,6 +40,8 @@ from control_plane.core.reader import HubPort, HubReader, Reset
 from control_plane.core.routing import SubscriptionIndex
 from control_plane.gateway.audit import AuditTrail
 from control_plane.gateway.session import CommandRunner, Session, SnapshotSource, SocketConfig
+from control_plane.observability import metrics
+from control_plane.observability.logs import log_event
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +71,8 @@ class WebSocketManager:
         self.owners = JobOwners()
         self._owners_loaded: asyncio.Future[None] | None = None
         self.slow_closed = 0
+        self.frames_sent = 0  # frames written to this replica's sockets (for metrics)
+        self.closes: Counter[int] = Counter()  # sockets closed, by close code
         self.catch_ups = 0  # times a socket went on from the history when its queue filled
         self._delivered_gone = 0  # frames delivered to sessions that are gone
 
@@ -329,6 +334,50 @@ class WebSocketManager:
         await self.close_sockets(code, reason)
         if self.reader is not None:
             await self.reader.stop()
+
+    # --- observability -------------------------------------------------------------------
+
+    def command_done(self, msg: JobCommand, client_id: str, outcome: str, seconds: float) -> None:
+        """A job command was answered (or failed): one log line, one histogram sample."""
+        metrics.recorder().observe("command_seconds", seconds, command=msg.command, outcome=outcome)
+        log_event(
+            logger,
+            "command",
+            command=msg.command,
+            job_id=msg.job_id,
+            client_id=client_id,
+            request_id=msg.id,
+            outcome=outcome,
+            ms=round(seconds * 1000, 1),
+        )
+
+    def closed(self, session: Session) -> None:
+        """A socket's tasks ended: count its close code, log one line."""
+        code = session.close_code or session.peer_code or 1005  # 1005: no code given
+        self.closes[code] += 1
+        try:
+            outcome = CloseCode(code).name.lower()
+        except ValueError:
+            outcome = "closed_by_client" if session.close_code is None else "closed"
+        log_event(
+            logger,
+            "close",
+            client_id=session.client_id,
+            job_id=",".join(sorted(session.job_ids)) or None,
+            code=code,
+            by="server" if session.close_code is not None else "client",
+            outcome=outcome,
+            delivered=session.delivered,
+        )
+
+    def flush_metrics(self, rec: metrics.Recorder) -> None:
+        """This replica's counts to Ray's metrics (``flush_every`` calls it each second)."""
+        reader = self._reader()
+        replica = reader.reader_id
+        rec.set("reader_lag_events", max(0, reader.head - reader.cursor), replica=replica)
+        rec.set("sockets_open", len(self.sessions), replica=replica)
+        rec.flush_count("frames_sent", self.frames_sent)
+        rec.flush_counts("socket_closes", "code", {str(c): n for c, n in self.closes.items()})
 
     def stats(self) -> dict[str, Any]:
         reader = self.reader

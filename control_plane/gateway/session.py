@@ -59,6 +59,7 @@ from control_plane.core.protocol import (
 )
 from control_plane.core.seam import Offer, SocketSeam
 from control_plane.gateway.replica_server import abort_connection
+from control_plane.observability import tracing
 
 if TYPE_CHECKING:
     from control_plane.gateway.manager import WebSocketManager
@@ -120,6 +121,8 @@ class Session:
         self.seam = SocketSeam(max_held=16 * queue, rejoin_limit=queue)
         self.delivered = 0
         self.close_code: int | None = None
+        self.peer_code: int | None = None  # the close code the peer (or its transport) gave
+        self.job_ids: set[str] = set()  # of the job channels it subscribed to (for the logs)
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
         self._catcher: asyncio.Task[None] | None = None
@@ -162,6 +165,7 @@ class Session:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._closer)
             self.state = SessionState.CLOSED
+            self.manager.closed(self)
 
     # --- sending ---------------------------------------------------------------------------
 
@@ -244,6 +248,7 @@ class Session:
                 beat.sending(time.monotonic())
                 await ws.send_text(frame)
                 beat.sent()
+                self.manager.frames_sent += 1
         except (WebSocketDisconnect, RuntimeError, OSError):
             return  # the peer is gone; the reader sees the disconnect
 
@@ -296,6 +301,7 @@ class Session:
         while True:
             message = await ws.receive()
             if message["type"] == "websocket.disconnect":
+                self.peer_code = message.get("code")
                 return
             text = message.get("text")
             size = _frame_size(text, message.get("bytes"), limit)
@@ -353,6 +359,8 @@ class Session:
         if self.state is SessionState.OPEN:
             self.state = SessionState.SUBSCRIBED
         self.heartbeat.subscribed = True
+        prefix = JOB_CHANNEL_PREFIX
+        self.job_ids.update(c[len(prefix) :] for c in msg.channels if c.startswith(prefix))
         await self._caught_up.wait()  # a socket catching up subscribes once it is live
         live_from = self.manager.add_channels(self, msg.channels)
         self.seam.subscribed(msg.channels, live_from, msg.since)
@@ -403,16 +411,25 @@ class Session:
                 await self._drain()
 
     async def _command(self, msg: JobCommand) -> None:
+        # Its round trip and outcome also go to the metrics and the log (``command_done``).
+        started, outcome = time.monotonic(), "cancelled"
         try:
-            result = await self.manager.run_command(msg, self.client_id, self.principal)
-        except ForbiddenError:
+            with tracing.span("command", job_id=msg.job_id, command=msg.command):
+                result = await self.manager.run_command(msg, self.client_id, self.principal)
+            outcome = "ok"
+        except ForbiddenError as e:
+            outcome = e.code
             raise  # _handle records the refusal
         except ControlPlaneError as e:
+            outcome = e.code
             self._audit(msg.type, e.code, job_id=msg.job_id)
             raise
         except Exception:
+            outcome = "internal_error"
             self._audit(msg.type, "internal_error", job_id=msg.job_id)
             raise
+        finally:
+            self.manager.command_done(msg, self.client_id, outcome, time.monotonic() - started)
         self._audit(msg.type, "ok", job_id=msg.job_id)
         self.reply(ack(msg.id, job_id=msg.job_id, command=msg.command, **result))
 
