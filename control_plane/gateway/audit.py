@@ -1,6 +1,7 @@
 """The audit trail: every command and every refusal, who, what, when and the outcome.
 
-Each record is a log line (logger ``control_plane.audit``, one JSON object per line) and an
+Each record is a log line (logger ``control_plane.audit``; a JSON object with
+``--log-format json``) and an
 ``audit.record`` event on the admin-only ``audit`` channel. Records are batched into one hub
 publish every :data:`FLUSH_INTERVAL` (a flood of refused handshakes costs one publish per
 interval, not one each), and a trail that cannot keep up drops its oldest unpublished
@@ -11,13 +12,13 @@ asked and the principal's subject.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from control_plane.core.protocol import AUDIT_CHANNEL, make_event
+from control_plane.observability.logs import log_event
 
 logger = logging.getLogger("control_plane.audit")
 
@@ -58,7 +59,7 @@ class AuditTrail:
         if self._replica:
             data["replica"] = self._replica
         self.recorded += 1
-        logger.info(json.dumps(data, sort_keys=True))
+        log_event(logger, "audit", **data)
         if self._publish is None:
             return
         if len(self._pending) == MAX_PENDING:
