@@ -20,6 +20,7 @@ from control_plane.actors import gateway_directory, runtime
 from control_plane.actors.gateway_directory import GatewayAddress
 from control_plane.actors.hub import RayHub
 from control_plane.core.errors import AuthError, CommandError, ControlPlaneError
+from control_plane.core.limits import close_reason
 from control_plane.core.protocol import CloseCode, JobCommand, encode, error_reply
 from control_plane.gateway import auth
 from control_plane.gateway.manager import SocketConfig, get_ws_manager
@@ -57,7 +58,7 @@ async def _refuse(websocket: WebSocket, code: int, error_code: str, message: str
     """Accept, say why in an ``error`` frame, and close: browsers cannot read a 403."""
     await websocket.accept()
     await websocket.send_text(encode(error_reply(None, error_code, message)))
-    await websocket.close(code, message[:120])
+    await websocket.close(code, close_reason(message))  # at most 123 bytes of UTF-8
 
 
 async def _replica_initialized(timeout: float = 60.0) -> None:
@@ -91,6 +92,7 @@ class Gateway:
             ping_interval=config.socket.heartbeat_interval,
             ping_timeout=config.socket.heartbeat_timeout,
             port_span=config.port_span,
+            handshake_timeout=config.socket.handshake_timeout,
         )
         self._server.start(ready=_replica_initialized)
         self._address = GatewayAddress(

@@ -36,6 +36,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from control_plane.core.errors import ControlPlaneError
 from control_plane.core.heartbeat import Heartbeat, HeartbeatLimits, Verdict
 from control_plane.core.hub_log import LogEntry
+from control_plane.core.limits import TokenBucket, close_reason
 from control_plane.core.outbox import Outbox
 from control_plane.core.protocol import (
     JOB_CHANNEL_PREFIX,
@@ -71,6 +72,15 @@ class SocketConfig:
     max_lag: float = 15.0  # one send blocked this long: the client reads nothing (4008)
     subscribe_deadline: float = 60.0  # close a socket that never subscribes (4001)
     close_timeout: float = 10.0  # a close frame not sent by then: the connection is aborted
+    # Limits (README "Limits"); each refused request gets an ``error`` with its own code.
+    max_depth: int = 32  # JSON nesting of a client frame (too_deep)
+    max_subscriptions: int = 1000  # channels one socket subscribes to (too_many_subscriptions)
+    max_subscribes_in_flight: int = 4  # subscribes replaying at once (too_many_requests)
+    requests_per_second: float = 50.0  # a socket's requests, steady (rate_limited) ...
+    request_burst: int = 200  # ... after a burst of this many
+    max_connections: int = 10_000  # sockets on one replica (close 4029)
+    max_connections_per_principal: int = 256  # sockets of one principal on a replica (4029)
+    handshake_timeout: float = 10.0  # TCP open to WebSocket upgrade done (the connection drops)
 
     def __post_init__(self) -> None:
         # A client that reads nothing cannot answer pings either: judge it slow (4008, with
@@ -96,11 +106,22 @@ class SessionState(StrEnum):
 
 
 class Session:
-    def __init__(self, manager: WebSocketManager, websocket: WebSocket, client_id: str) -> None:
+    def __init__(
+        self,
+        manager: WebSocketManager,
+        websocket: WebSocket,
+        client_id: str,
+        principal_key: str = "",
+    ) -> None:
         self.manager = manager
         self.config = manager.config
         self.websocket = websocket
         self.client_id = client_id
+        self.principal_key = principal_key
+        self.requests = TokenBucket(
+            self.config.requests_per_second, self.config.request_burst, time.monotonic()
+        )
+        self.subscribing = 0  # subscribes in flight
         self.state = SessionState.OPEN
         self.outbox = Outbox(self.config.send_queue_size)
         self.heartbeat = Heartbeat(time.monotonic())
@@ -264,7 +285,7 @@ class Session:
             return
         try:
             async with asyncio.timeout(self.config.close_timeout):
-                await ws.close(code, reason)
+                await ws.close(code, close_reason(reason))
         except TimeoutError:
             logger.info("close %d to %s not sent in time: aborting", code, self.client_id)
             abort_connection(ws)
@@ -289,15 +310,48 @@ class Session:
                 self.reply(error_reply(None, "binary_frame", "send JSON as text frames"))
                 continue
             try:
-                msg = parse_client_message(text)
+                msg = parse_client_message(text, self.config.max_depth)
             except BadFrame as e:
                 self.reply(error_reply(e.request_id, e.code, e.message))
                 continue
             if isinstance(msg, Pong):
                 continue  # answers to the pings of older servers: nothing to do
+            refusal = self._refusal(msg)
+            if refusal is not None:
+                self.reply(error_reply(msg.id, *refusal))
+                continue
             task = asyncio.get_running_loop().create_task(self._handle(msg))
             self._requests.add(task)
             task.add_done_callback(self._requests.discard)
+            if isinstance(msg, Subscribe):
+                self.subscribing += 1
+                task.add_done_callback(self._subscribed)
+
+    def _subscribed(self, _: object) -> None:
+        self.subscribing -= 1
+
+    def _refusal(self, msg: ClientMessage) -> tuple[str, str] | None:
+        """(code, message) when a limit refuses ``msg``, else None."""
+        cfg = self.config
+        if not self.requests.take(time.monotonic()):
+            return "rate_limited", (
+                f"over {cfg.requests_per_second:g} requests a second "
+                f"(after a burst of {cfg.request_burst}): slow down"
+            )
+        if isinstance(msg, Subscribe):
+            if self.subscribing >= cfg.max_subscribes_in_flight:
+                return "too_many_requests", (
+                    f"{self.subscribing} subscribes are in flight, at most "
+                    f"{cfg.max_subscribes_in_flight}: wait for their acks"
+                )
+            channels = self.manager.index.channels_of(self.client_id)
+            total = len(channels | set(msg.channels))
+            if total > cfg.max_subscriptions:
+                return "too_many_subscriptions", (
+                    f"{total} channels would be over the {cfg.max_subscriptions} one socket "
+                    "may subscribe to"
+                )
+        return None
 
     async def _handle(self, msg: ClientMessage) -> None:
         try:
