@@ -94,7 +94,7 @@ def close_reason(text: str) -> str:
 class TokenBucket:
     """``burst`` requests at once, then ``rate`` a second. Time is passed in (tests)."""
 
-    __slots__ = ("burst", "rate", "_tokens", "_at")
+    __slots__ = ("_at", "_tokens", "burst", "rate")
 
     def __init__(self, rate: float, burst: float, now: float) -> None:
         if rate <= 0 or burst < 1:
