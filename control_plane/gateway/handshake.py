@@ -24,7 +24,7 @@ except ImportError:  # pragma: no cover - httptools is optional for uvicorn
 def deadline_protocol(timeout: float) -> type[asyncio.Protocol]:
     """uvicorn's HTTP protocol, dropping connections not upgraded within ``timeout`` s."""
 
-    class HandshakeDeadlineProtocol(_Base):  # type: ignore[misc, valid-type]
+    class HandshakeDeadlineProtocol(_Base):
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             self._handshake_timer: asyncio.TimerHandle | None = (
