@@ -106,7 +106,7 @@ actions: st.SearchStrategy[Action] = st.one_of(
     st.tuples(st.just("binary"), st.binary(max_size=256)),
     st.tuples(st.just("oversize"), st.integers(MAX_FRAME + 1, 300_000)),
     st.tuples(st.just("flood_sub"), st.integers(5, 60)),
-    st.tuples(st.just("flood_cmd"), st.integers(5, 120)),
+    st.tuples(st.just("flood_cmd"), st.integers(5, 300)),  # over the burst: rate_limited
 )
 
 
