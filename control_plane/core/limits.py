@@ -31,6 +31,10 @@ DEFAULT_MAX_EVENT_BYTES = 1_000_000
 DEFAULT_MAX_DEPTH = 32
 """A client frame's JSON nesting; a valid request is two deep."""
 
+DEFAULT_SUBSCRIBES_IN_FLIGHT = 4
+"""Subscribes a socket may have waiting for their acks (each may replay history); the
+clients resume in groups of this many."""
+
 MAX_REQUEST_ID_CHARS = 128
 """A request id (``id``) as a string; as an integer it must fit in 64 bits."""
 

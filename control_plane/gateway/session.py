@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -36,7 +37,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from control_plane.core.errors import ControlPlaneError
 from control_plane.core.heartbeat import Heartbeat, HeartbeatLimits, Verdict
 from control_plane.core.hub_log import LogEntry
-from control_plane.core.limits import TokenBucket, close_reason
+from control_plane.core.limits import DEFAULT_SUBSCRIBES_IN_FLIGHT, TokenBucket, close_reason
 from control_plane.core.outbox import Outbox
 from control_plane.core.protocol import (
     JOB_CHANNEL_PREFIX,
@@ -75,7 +76,9 @@ class SocketConfig:
     # Limits (README "Limits"); each refused request gets an ``error`` with its own code.
     max_depth: int = 32  # JSON nesting of a client frame (too_deep)
     max_subscriptions: int = 1000  # channels one socket subscribes to (too_many_subscriptions)
-    max_subscribes_in_flight: int = 4  # subscribes replaying at once (too_many_requests)
+    max_subscribes_in_flight: int = (
+        DEFAULT_SUBSCRIBES_IN_FLIGHT  # not acked yet (too_many_requests)
+    )
     requests_per_second: float = 50.0  # a socket's requests, steady (rate_limited) ...
     request_burst: int = 200  # ... after a burst of this many
     max_connections: int = 10_000  # sockets on one replica (close 4029)
@@ -121,7 +124,8 @@ class Session:
         self.requests = TokenBucket(
             self.config.requests_per_second, self.config.request_burst, time.monotonic()
         )
-        self.subscribing = 0  # subscribes in flight
+        self.subscribing = 0  # subscribes in flight (not acknowledged yet)
+        self._subscribes: set[int] = set()  # id() of each of them
         self.state = SessionState.OPEN
         self.outbox = Outbox(self.config.send_queue_size)
         self.heartbeat = Heartbeat(time.monotonic())
@@ -324,11 +328,20 @@ class Session:
             self._requests.add(task)
             task.add_done_callback(self._requests.discard)
             if isinstance(msg, Subscribe):
+                # In flight until its ack (or error) is queued: what a client can see. The
+                # replay that follows an ack is paced by the send queue.
+                key = id(msg)
                 self.subscribing += 1
-                task.add_done_callback(self._subscribed)
+                self._subscribes.add(key)
+                task.add_done_callback(functools.partial(self._subscribed_task, key))
 
-    def _subscribed(self, _: object) -> None:
-        self.subscribing -= 1
+    def _subscribed_task(self, key: int, _: asyncio.Task[None]) -> None:
+        self._subscribed(key)
+
+    def _subscribed(self, key: int) -> None:
+        if key in self._subscribes:
+            self._subscribes.discard(key)
+            self.subscribing -= 1
 
     def _refusal(self, msg: ClientMessage) -> tuple[str, str] | None:
         """(code, message) when a limit refuses ``msg``, else None."""
@@ -430,6 +443,7 @@ class Session:
                 await self._drain()
 
     def _ack(self, msg: Subscribe, **data: Any) -> dict[str, Any]:
+        self._subscribed(id(msg))
         channels = sorted(self.manager.index.channels_of(self.client_id))
         return ack(msg.id, channels=channels, **data)
 

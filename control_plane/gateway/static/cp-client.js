@@ -277,7 +277,13 @@
       var requests = Array.from(groups.keys()).sort(function (a, b) { return a - b; })
         .map((since) => ({type: "subscribe", channels: groups.get(since), since: since,
           epoch: this.epoch}));
-      var replies = await Promise.all(requests.map((m) => this._request(m, false, session.ws)));
+      // The gateway takes 4 subscribes in flight per socket (protocol limits): in groups.
+      var replies = [];
+      for (var at = 0; at < requests.length; at += 4) {
+        var group = requests.slice(at, at + 4);
+        replies = replies.concat(
+          await Promise.all(group.map((m) => this._request(m, false, session.ws))));
+      }
       replies.forEach((reply, i) => {
         if (reply.type !== "error") return;
         console.warn("control plane: resubscribing failed", reply.data);
