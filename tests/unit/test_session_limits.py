@@ -161,3 +161,18 @@ async def test_a_close_reason_that_is_too_long_is_cut_to_123_bytes(manager):
     await asyncio.wait_for(task, 5)
     assert ws.closed is not None and ws.closed[0] == 4000
     assert len(ws.closed[1].encode()) <= 123 and ws.closed[1] == "é" * 61
+
+
+async def test_a_subscribe_is_in_flight_until_its_ack_not_while_its_replay_drains(manager, hub):
+    ws, _ = await open_socket(manager, "draining")
+    seqs = hub.emit("a", 300)  # more than the send queue takes at once
+    ws.reading.clear()  # the replay waits for room after the ack
+    ws.say({"type": "subscribe", "channels": ["job:a"], "since": 0, "id": "s"})
+    session = manager.sessions["draining"]
+    async with asyncio.timeout(5):
+        while not manager.index.channels_of("draining") or session.subscribing:
+            await asyncio.sleep(0.01)
+    assert len(ws.events()) < len(seqs)  # acknowledged, its replay still on its way
+    ws.reading.set()
+    await ws.wait_for(lambda f: f.get("seq") == seqs[-1])
+    assert [f["seq"] for f in ws.events()] == seqs
