@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import re
+from operator import itemgetter
 from typing import Any
 
 from control_plane.core.errors import EventTooLargeError, InvalidEventError
@@ -171,8 +172,13 @@ def check_encoded(event: tuple[str, str, str, str], limit: int) -> None:
 
 
 def check_batch(events: list[tuple[str, str, str, str]], limit: int) -> None:
-    """:func:`check_encoded` for each event of a batch the hub is asked to append."""
-    for event in events:
-        if len(event) != 4:
-            raise InvalidEventError("an encoded event is (type, channel, head, tail)")
-        check_encoded(event, limit)
+    """:func:`check_encoded` for each event of a batch the hub is asked to append, at C
+    speed on the common batch (its types once each; the sizes summed, and looked at one by
+    one only when the whole batch is over ``limit``): the hub's hot path."""
+    for event_type in set(map(itemgetter(0), events)):
+        check_event_type(event_type)
+    if sum(map(len, map(itemgetter(2), events))) + sum(map(len, map(itemgetter(3), events))) > (
+        limit
+    ):
+        for event in events:
+            check_encoded(event, limit)
