@@ -106,6 +106,31 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="SECONDS",
             help="the event log keeps no event older than this (default: kept by count only)",
         )
+        p.add_argument(
+            "--history-bytes",
+            type=int,
+            default=None,
+            metavar="BYTES",
+            help="the event log keeps at most this many bytes of events in memory, the oldest "
+            "dropped first (default: 256 MiB)",
+        )
+        p.add_argument(
+            "--max-event-bytes",
+            type=int,
+            default=None,
+            metavar="BYTES",
+            help="the hub refuses an event larger than this (default: 1,000,000)",
+        )
+        p.add_argument(
+            "--socket-option",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="a socket limit or setting (SocketConfig: max_connections, "
+            "max_connections_per_principal, max_subscriptions, max_subscribes_in_flight, "
+            "requests_per_second, request_burst, max_depth, max_frame_bytes, "
+            "handshake_timeout, subscribe_deadline...); see README 'Limits'",
+        )
         if name == "demo":
             p.add_argument(
                 "--rounds", type=int, default=0, help="rounds of example jobs (0: until stopped)"
@@ -228,6 +253,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     import control_plane
     from control_plane.core.system import SystemConfig
+    from control_plane.gateway.session import SocketConfig
 
     info = control_plane.start(
         host=args.host,
@@ -242,6 +268,15 @@ def _serve(args: argparse.Namespace) -> int:
         port_span=args.port_span,
         state_dir=args.state_dir,
         history_age=args.history_age,
+        socket=SocketConfig(**_kv(args.socket_option)) if args.socket_option else None,
+        **{
+            name: value
+            for name, value in (
+                ("history_bytes", args.history_bytes),
+                ("max_event_bytes", args.max_event_bytes),
+            )
+            if value is not None
+        },
     )
     stop = threading.Event()
     # ray.init installs its own SIGTERM handler; ours goes in after it.

@@ -20,7 +20,8 @@ from ray import serve
 
 from control_plane.actors import runtime
 from control_plane.actors.controller import ensure_controller
-from control_plane.actors.hub import DEFAULT_HISTORY, ensure_hub
+from control_plane.actors.hub import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, ensure_hub
+from control_plane.core.limits import DEFAULT_MAX_EVENT_BYTES
 from control_plane.core.system import SystemConfig
 from control_plane.core.tokens import Credentials
 from control_plane.gateway import auth
@@ -75,6 +76,8 @@ def start(
     state_dir: str | None = None,
     port_span: int = 1,
     history_age: float | None = None,
+    history_bytes: int | None = DEFAULT_HISTORY_BYTES,
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
 ) -> ControlPlaneInfo:
     """Make sure Ray, the EventHub, the controller and the gateway run; return where.
 
@@ -84,7 +87,8 @@ def start(
     free port of ``port .. port+port_span-1`` there. ``state_dir``
     is where the hub's log and the controller's registry live, on the head node
     (``control_plane/actors/state_dir.py`` says the default). The hub keeps the newest
-    ``history`` events, and with ``history_age`` none older than that many seconds.
+    ``history`` events of at most ``history_bytes`` bytes, and with ``history_age`` none
+    older than that many seconds; it refuses events over ``max_event_bytes``.
     """
     global _info
     if _info is not None and ray.is_initialized():
@@ -107,6 +111,8 @@ def start(
             state_dir=state_dir,
             port_span=port_span,
             history_age=history_age,
+            history_bytes=history_bytes,
+            max_event_bytes=max_event_bytes,
         )
     except BaseException:
         if started_ray:  # leave nothing behind that the caller cannot see
@@ -135,13 +141,21 @@ def _start_on_ray(
     state_dir: str | None,
     port_span: int = 1,
     history_age: float | None = None,
+    history_bytes: int | None = DEFAULT_HISTORY_BYTES,
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
 ) -> ControlPlaneInfo:
     if no_auth:
         auth.check_no_auth_allowed(host)
         token_value = None
     else:
         token_value = auth.resolve_token(token)
-    ensure_hub(history, state_dir, history_age)
+    ensure_hub(
+        history,
+        state_dir,
+        history_age,
+        history_bytes=history_bytes,
+        max_event_bytes=max_event_bytes,
+    )
     ensure_controller(system, state_dir)
     if not _app_running():
         if started_ray:

@@ -16,7 +16,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from control_plane.actors.controller import ensure_controller
-from control_plane.actors.hub import DEFAULT_HISTORY, ensure_hub
+from control_plane.actors.hub import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, ensure_hub
+from control_plane.core.limits import DEFAULT_MAX_EVENT_BYTES
 from control_plane.core.tokens import Credentials
 from control_plane.gateway import auth
 from control_plane.gateway.app import GatewayConfig, build_app
@@ -35,6 +36,8 @@ class GatewayArgs(BaseModel):
     replicas: int | str = 1
     history: int = Field(DEFAULT_HISTORY, ge=1)
     history_age: float | None = Field(None, gt=0)
+    history_bytes: int | None = Field(DEFAULT_HISTORY_BYTES, ge=1)
+    max_event_bytes: int = Field(DEFAULT_MAX_EVENT_BYTES, ge=1)
     state_dir: str | None = None
     allowed_origins: list[str] = Field(default_factory=list)
     allowed_hosts: list[str] = Field(default_factory=list)
@@ -48,7 +51,13 @@ def app_builder(args: dict[str, Any]) -> Any:
     if given.no_auth:
         auth.check_no_auth_allowed(given.host)
     token = None if given.no_auth else auth.resolve_token()
-    ensure_hub(given.history, given.state_dir, given.history_age)
+    ensure_hub(
+        given.history,
+        given.state_dir,
+        given.history_age,
+        history_bytes=given.history_bytes,
+        max_event_bytes=given.max_event_bytes,
+    )
     ensure_controller(None, given.state_dir)
     auth.store_credentials(None if token is None else Credentials.from_token(token))
     config = GatewayConfig(

@@ -33,6 +33,7 @@ from control_plane.core.emitter import EventEmitter, settle_refs
 from control_plane.core.encoding import Encoded
 from control_plane.core.errors import JobCancelledError, JobError, JobFailedError, PublishError
 from control_plane.core.hub_log import TARGET_CHANNEL
+from control_plane.core.limits import DEFAULT_MAX_EVENT_BYTES
 from jobs.context import (
     CancelRequested,
     JobContext,
@@ -67,6 +68,12 @@ class JobOptions(BaseModel):
     emit_interval: float = Field(0.005, gt=0, description="seconds the emitter batches events")
     max_restarts: int = Field(
         3, ge=0, description="new actors for a job whose actor died (worker crash, node loss)"
+    )
+    max_event_bytes: int = Field(
+        DEFAULT_MAX_EVENT_BYTES,
+        ge=1,
+        description="an event larger than this raises EventTooLargeError where it is made "
+        "(the hub refuses those over its own --max-event-bytes)",
     )
 
 
@@ -127,7 +134,13 @@ class JobActor:
             max_in_flight=PUBLISHES_IN_FLIGHT,
         )
         self._control = JobControl(
-            job_id, name, owner, created_at, self._emitter.emit, self._emitter.wait_for_room
+            job_id,
+            name,
+            owner,
+            created_at,
+            self._emitter.emit,
+            self._emitter.wait_for_room,
+            max_event_bytes=options.max_event_bytes,
         )
         self._context: JobContext | None = None
         # A run that continues an earlier one gets the state it saved last (pickled by the

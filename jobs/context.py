@@ -16,8 +16,19 @@ from collections.abc import Awaitable, Callable, Generator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from control_plane.core.encoding import Encoded, ProgressEncoder, encode_event
-from control_plane.core.errors import InvalidTransitionError, NotSuspendableError
+from control_plane.core.encoding import PROGRESS, Encoded, ProgressEncoder, encode_event
+from control_plane.core.errors import (
+    InvalidEventError,
+    InvalidTransitionError,
+    NotSuspendableError,
+)
+from control_plane.core.limits import (
+    DEFAULT_MAX_EVENT_BYTES,
+    check_encoded,
+    check_event_type,
+    check_finite,
+    too_large,
+)
 from control_plane.core.protocol import STATE_BY_EVENT, make_event, utc_now_iso
 from jobs.lifecycle import JobState, JobStatus, Trigger, next_state
 
@@ -82,8 +93,10 @@ class JobControl:
         created_at: str,
         emit: Emit,
         wait_room: Callable[[], None] | None = None,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         self.job_id = job_id
+        self.max_event_bytes = max_event_bytes
         self.name = name
         self.owner = owner
         self.created_at = created_at
@@ -113,8 +126,17 @@ class JobControl:
     # --- events --------------------------------------------------------------------------
 
     def emit(self, event_type: str, urgent: bool = False, **data: Any) -> None:
+        """Encode and queue an event; an event no client could take raises (nothing is sent):
+        :class:`InvalidEventError` for a gateway-only type or a NaN/Infinity,
+        :class:`EventTooLargeError` over ``max_event_bytes``."""
+        check_event_type(event_type)
         payload = {**data, "job_id": self.job_id, "status": self.state.value}
-        self._emit(encode_event(make_event(event_type, payload)), urgent)
+        try:
+            encoded = encode_event(make_event(event_type, payload))
+        except ValueError as e:  # jsonwire refuses NaN and ±Infinity
+            raise InvalidEventError(f"a {event_type} event cannot be sent: {e}") from e
+        check_encoded(encoded, self.max_event_bytes)
+        self._emit(encoded, urgent)
 
     def emit_from_body(self, event_type: str, **data: Any) -> None:
         """An event the body makes (agents, custom): dropped once the job has ended."""
@@ -245,7 +267,11 @@ class JobControl:
             return True
 
     def set_progress(self, progress: float, message: str | None) -> None:
-        progress = min(100.0, max(0.0, float(progress)))
+        progress = min(100.0, max(0.0, check_finite("progress", progress)))
+        limit = self.max_event_bytes
+        if isinstance(message, str) and len(message) > limit:
+            # its JSON has at least as many bytes: refused before it is encoded
+            raise too_large(PROGRESS, len(message), limit)
         self._wait_room()
         with self._lock:
             if self.state.terminal:
@@ -255,7 +281,12 @@ class JobControl:
                 self.message = message
             now = self.updated_at = utc_now_iso()
             # The hot path of a busy job: what emit("job.progress", ...) makes, without json.
-            self._emit(self._progress.encode(now, self.state.value, progress, message), False)
+            try:
+                encoded = self._progress.encode(now, self.state.value, progress, message)
+            except ValueError as e:  # a message holding a NaN or an Infinity
+                raise InvalidEventError(f"a job.progress event cannot be sent: {e}") from e
+            check_encoded(encoded, limit)
+            self._emit(encoded, False)
 
     # --- checkpoints ---------------------------------------------------------------------
 
@@ -451,15 +482,18 @@ class JobContext:
         return list(self._tasks)
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException, limit: int = 8192) -> str:
+    """``Type: message``, cut to ``limit`` characters (it goes into ``job.failed``, which
+    must stay under the event size limit)."""
     text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    described = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return described if len(described) <= limit else described[: limit - 1] + "…"
 
 
 def result_preview(value: Any, limit: int = 8192) -> Any:
     """The result as it goes into ``job.completed``: itself if small JSON, else a repr."""
     try:
-        text = json.dumps(value)
+        text = json.dumps(value, allow_nan=False)
     except (TypeError, ValueError):
         text = None
     if text is not None and len(text) <= limit:

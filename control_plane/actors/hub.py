@@ -34,8 +34,10 @@ import ray
 from control_plane.actors import runtime
 from control_plane.actors import state_dir as state_dirs
 from control_plane.core.encoding import encode_event
+from control_plane.core.errors import InvalidEventError
 from control_plane.core.event_store import EventStore
 from control_plane.core.hub_log import TARGET_CHANNEL, Encoded, ListenResult, ReaderFilter
+from control_plane.core.limits import DEFAULT_MAX_EVENT_BYTES, check_batch
 from control_plane.core.log_writer import LogWriter
 from control_plane.core.sqlite_store import SQLiteEventStore
 from control_plane.observability import logs, metrics, tracing
@@ -43,6 +45,7 @@ from control_plane.observability import logs, metrics, tracing
 logger = logging.getLogger(__name__)
 
 DEFAULT_HISTORY = 100_000
+DEFAULT_HISTORY_BYTES = 256 * 1024 * 1024  # of frames kept in memory; the oldest go first
 RETAIN_INTERVAL = 2.0  # seconds between two passes of retention (by age, and in the store)
 
 
@@ -52,8 +55,11 @@ def open_store(state_dir: str | None) -> SQLiteEventStore:
 
 
 class EventHub:
-    """``capacity`` events are kept, and with ``history_age`` none older than that many
-    seconds; ``store`` is where they live (default: the SQLite file in ``state_dir``)."""
+    """``capacity`` events are kept, with ``history_bytes`` at most that many bytes of them,
+    and with ``history_age`` none older than that many seconds; ``store`` is where they live
+    (default: the SQLite file in ``state_dir``). A publish with an event over
+    ``max_event_bytes``, or of a type only the gateway sends, is refused whole
+    (:class:`~control_plane.core.errors.EventTooLargeError`, ``InvalidEventError``)."""
 
     def __init__(
         self,
@@ -61,9 +67,20 @@ class EventHub:
         state_dir: str | None = None,
         history_age: float | None = None,
         store: EventStore | None = None,
+        history_bytes: int | None = DEFAULT_HISTORY_BYTES,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
+        if history_bytes is not None and history_bytes < max_event_bytes:
+            raise ValueError(
+                f"history_bytes ({history_bytes}) must hold one event of max_event_bytes "
+                f"({max_event_bytes})"
+            )
+        self._max_event_bytes = max_event_bytes
         self._writer = LogWriter(
-            capacity, store if store is not None else open_store(state_dir), history_age
+            capacity,
+            store if store is not None else open_store(state_dir),
+            history_age,
+            history_bytes=history_bytes,
         )
         self._log = self._writer.log
         logs.configure_actor()
@@ -82,7 +99,11 @@ class EventHub:
     async def publish(self, events: list[dict[str, Any]], target: str = TARGET_CHANNEL) -> int:
         """Append a batch of envelopes; return the seq of the last one."""
         self._start_sweeper()
-        encoded = [encode_event(e) for e in events]
+        try:
+            encoded = [encode_event(e) for e in events]
+        except ValueError as e:  # a NaN or an Infinity: JSON.parse would refuse the frame
+            raise InvalidEventError(f"an event cannot be encoded: {e}") from e
+        check_batch(encoded, self._max_event_bytes)
         if metrics.enabled():
             self._published.update(map(itemgetter(0), encoded))
         return self._writer.publish(encoded, target)
@@ -101,6 +122,7 @@ class EventHub:
         written. A number appended before (a call Ray sent again after a restart) is
         acknowledged without being appended again."""
         self._start_sweeper()
+        check_batch(events, self._max_event_bytes)  # refused whole: nothing appended
         if metrics.enabled():
             self._published.update(map(itemgetter(0), events))
         start = tracing.now_ns() if tracing.active() else 0
@@ -285,10 +307,16 @@ def ensure_hub(
     capacity: int = DEFAULT_HISTORY,
     state_dir: str | None = None,
     history_age: float | None = None,
+    history_bytes: int | None = DEFAULT_HISTORY_BYTES,
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
 ) -> Any:
     """Create the named, detached hub unless it exists; return its handle."""
     handle = EventHubActor.options(**runtime.singleton_options(runtime.HUB_NAME)).remote(
-        capacity, state_dir, history_age
+        capacity,
+        state_dir,
+        history_age,
+        history_bytes=history_bytes,
+        max_event_bytes=max_event_bytes,
     )
     ray.get(handle.head.remote())
     return handle

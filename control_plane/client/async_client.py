@@ -50,6 +50,7 @@ from control_plane.client.errors import (
     Unauthorized,
 )
 from control_plane.core.errors import ControlPlaneError
+from control_plane.core.limits import DEFAULT_SUBSCRIBES_IN_FLIGHT
 from control_plane.core.protocol import (
     REFUSAL_CODES,
     receiving_channels,
@@ -434,9 +435,14 @@ class ControlPlaneClient:
             {"type": "subscribe", "channels": channels, "since": since, "epoch": self.epoch}
             for since, channels in sorted(groups.items())
         ]
-        replies = await asyncio.gather(
-            *(self._request(m, retry=False, session=session) for m in requests)
-        )
+        # The gateway takes a few subscribes in flight per socket (README "Limits"): send
+        # them in groups that stay within its default.
+        replies: list[dict[str, Any]] = []
+        for at in range(0, len(requests), DEFAULT_SUBSCRIBES_IN_FLIGHT):
+            group = requests[at : at + DEFAULT_SUBSCRIBES_IN_FLIGHT]
+            replies += await asyncio.gather(
+                *(self._request(m, retry=False, session=session) for m in group)
+            )
         for reply, message in zip(replies, requests, strict=True):
             if reply["type"] == "error":
                 logger.warning("resubscribing %s failed: %s", message["channels"], reply["data"])

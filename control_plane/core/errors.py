@@ -10,8 +10,10 @@
     │   └── JobCancelledError    the job was cancelled (``forced`` when it was killed)
     ├── HubUnavailableError      the EventHub actor cannot be reached
     ├── PublishError             a publish was not acknowledged: the publisher stops
-    │   └── EventLogError        the hub's event log could not be written (disk full,
-    │                            read-only): nothing of the batch was acknowledged
+    │   ├── EventLogError        the hub's event log could not be written (disk full,
+    │   │                        read-only): nothing of the batch was acknowledged
+    │   ├── EventTooLargeError   an event over the size limit (also a ValueError)
+    │   └── InvalidEventError    a server-only type, a NaN or ±Infinity (also a ValueError)
     └── CommandError             a command failed on the way (Ray error translated)
 
 Every error pickles with its arguments, so it survives a trip through Ray and comes out
@@ -132,6 +134,25 @@ class EventLogError(PublishError):
     batch was neither appended nor acknowledged."""
 
     code = "event_log_unwritable"
+
+
+class EventTooLargeError(PublishError, ValueError):
+    """An event over the size limit: refused where it is made and by the hub; nothing of it
+    is sent. ``size`` and ``limit`` in bytes (0 when unknown)."""
+
+    code = "event_too_large"
+
+    def __init__(self, message: str, size: int = 0, limit: int = 0) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
+
+
+class InvalidEventError(PublishError, ValueError):
+    """An event no client could take: a type only the gateway sends (``ack``, ``error``...),
+    or a number JSON cannot hold (NaN, ±Infinity)."""
+
+    code = "invalid_event"
 
 
 class CommandError(ControlPlaneError):

@@ -6,8 +6,9 @@ hold a cursor (the last ``seq`` they saw) and ask for everything after it. ``epo
 one life of the log: when the log is new (a hub restarted without its store), old cursors
 mean nothing and readers must be told so rather than silently skip. A hub restarted over
 its store (``event_store.py``) restores the log in the same epoch
-(:meth:`EventLog.restore`), and cursors go on. Retention is by count (``capacity``) and,
-when asked, by age (:meth:`EventLog.expire`).
+(:meth:`EventLog.restore`), and cursors go on. Retention is by count (``capacity``), by
+the bytes of the frames (``max_bytes``, when set) and, when asked, by age
+(:meth:`EventLog.expire`); the oldest go first.
 """
 
 from __future__ import annotations
@@ -151,10 +152,21 @@ class EventLog:
     with its frame, is made only for what a reader is sent.
     """
 
-    def __init__(self, capacity: int = 100_000, epoch: str | None = None) -> None:
+    def __init__(
+        self, capacity: int = 100_000, epoch: str | None = None, max_bytes: int | None = None
+    ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("max_bytes must be at least 1")
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        # Each entry's frame size; the oldest ``_skip`` entries are past a limit (hidden,
+        # trimmed in chunks), holding ``_hidden_bytes``; the rest ``_retained_bytes``.
+        self._sizes: list[int] = []
+        self._skip = 0
+        self._hidden_bytes = 0
+        self._retained_bytes = 0
         self.epoch = epoch or uuid.uuid4().hex[:12]
         self._types: list[str] = []
         self._channels: list[str] = []
@@ -203,12 +215,34 @@ class EventLog:
         self._head += count
         self.total_appended += count
         self.appended_types.update(map(itemgetter(0), events))  # ~50 ns an event
-        overflow = len(self._types) - self.capacity
-        # Trim in chunks so that appends stay amortised O(1).
-        if overflow > max(1, self.capacity // 10) or (overflow > 0 and self.capacity < 10):
-            self._drop_through(self._first_seq + overflow - 1)
+        self._retain()
         self._wake()
         return self._head
+
+    def _retain(self) -> None:
+        """Hide the oldest entries past ``capacity`` and past ``max_bytes`` (but the newest
+        one), and trim them in chunks so that appends stay amortised O(1)."""
+        sizes, skip = self._sizes, self._skip
+        floor = len(sizes) - self.capacity
+        if floor > skip:
+            moved = sum(sizes[skip:floor])
+            self._retained_bytes -= moved
+            self._hidden_bytes += moved
+            skip = floor
+        budget = self.max_bytes
+        if budget is not None:
+            last = len(sizes) - 1
+            while self._retained_bytes > budget and skip < last:
+                self._retained_bytes -= sizes[skip]
+                self._hidden_bytes += sizes[skip]
+                skip += 1
+        self._skip = skip
+        if (
+            skip > max(1, self.capacity // 10)
+            or (skip > 0 and self.capacity < 10)
+            or (budget is not None and self._hidden_bytes > budget // 10)
+        ):
+            self._drop_through(self._first_seq + skip - 1)
 
     def _extend(self, events: list[Encoded], target: str, at: float) -> int:
         """Add ``events`` to the columns, stamped ``at``, as the seqs after the last stored
@@ -219,6 +253,9 @@ class EventLog:
         self._heads.extend(heads)
         self._tails.extend(tails)
         self._targets.extend(repeat(target, len(types)))
+        sizes = [len(head) + len(tail) for head, tail in zip(heads, tails, strict=True)]
+        self._sizes.extend(sizes)
+        self._retained_bytes += sum(sizes)
         self._stamps.append((self._first_seq + len(self._types) - 1, at))
         return len(types)
 
@@ -227,7 +264,12 @@ class EventLog:
         count = min(len(self._types), seq - self._first_seq + 1)
         if count <= 0:
             return
-        for column in (self._types, self._channels, self._targets, self._heads, self._tails):
+        sizes, skip = self._sizes, self._skip
+        self._hidden_bytes -= sum(sizes[: min(count, skip)])
+        if count > skip:
+            self._retained_bytes -= sum(sizes[skip:count])
+        self._skip = max(0, skip - count)
+        for column in (self._types, self._channels, self._targets, self._heads, self._tails, sizes):
             del column[:count]
         self._first_seq += count
         stamps = self._stamps
@@ -256,11 +298,12 @@ class EventLog:
         self._head = self._first_seq + len(self._types) - 1
         if self._head != head:
             raise ValueError(f"the restored batches end at {self._head}, the head is {head}")
-        self._drop_through(self._head - self.capacity)
+        self._retain()
+        self._drop_through(self._first_seq + self._skip - 1)
 
     def _hidden(self) -> int:
-        """Entries past capacity not trimmed yet (the trim is chunked): not retained."""
-        return max(0, len(self._types) - self.capacity)
+        """Entries past a limit not trimmed yet (the trim is chunked): not retained."""
+        return self._skip
 
     def _trimmed_view(self) -> tuple[int, int]:
         """(oldest retained seq, its index in the columns)."""
@@ -498,6 +541,8 @@ class EventLog:
             "size": size,
             "capacity": self.capacity,
             "fill": size / self.capacity,
+            "bytes": self._retained_bytes,
+            "max_bytes": self.max_bytes,
             "total_appended": self.total_appended,
             "readers": len(self._readers),
         }

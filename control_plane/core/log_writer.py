@@ -51,13 +51,14 @@ class LogWriter:
         store: EventStore,
         history_age: float | None = None,
         order: BatchOrder[_Pending] | None = None,
+        history_bytes: int | None = None,
     ) -> None:
         self.store = store
         self.history_age = history_age
         self.durable = True  # False: nothing is written (benchmarks compare the two)
         restored = store.load()
         self.restored = restored.epoch is not None
-        self.log = EventLog(capacity, restored.epoch)
+        self.log = EventLog(capacity, restored.epoch, history_bytes)
         self.log.restore(restored.head, restored.batches)
         if not self.restored:
             store.begin(self.log.epoch)

@@ -53,6 +53,11 @@ class Principal:
         return cls(sub, Role(role), frozenset({sub, *see}), expires_at)
 
     @property
+    def signed(self) -> bool:
+        """Whether a signed token stands for it (not the shared token, not --no-auth)."""
+        return self.expires_at is not None
+
+    @property
     def is_admin(self) -> bool:
         return self.role is Role.ADMIN
 

@@ -7,7 +7,8 @@ Server to client, the envelope::
 
 Client to server: ``subscribe``, ``unsubscribe``, ``job.pause|resume|cancel|suspend``, ``ping`` and
 ``pong``, a discriminated union on ``type`` with ``extra="forbid"`` so that a wrong field is
-named in the ``error`` reply. It imports nothing of ours but the leaf ``jsonwire``.
+named in the ``error`` reply. It imports nothing of ours but the leaves ``jsonwire`` and
+``limits``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pydantic import (
 )
 
 from control_plane.core.jsonwire import dumps
+from control_plane.core.limits import DEFAULT_MAX_DEPTH, nesting_depth, request_id_problem
 
 # --- event types -------------------------------------------------------------------------
 
@@ -166,6 +168,7 @@ class CloseCode(IntEnum):
     NO_SUBSCRIBE = 4001  # no subscribe before the deadline
     SLOW_CONSUMER = 4008  # the client did not read: its send queue overflowed
     BAD_REQUEST = 4400  # the handshake asked for something invalid (a malformed client_id)
+    TOO_MANY_CONNECTIONS = 4029  # over the sockets of the replica or of the principal: later
     UNAUTHORIZED = 4401  # missing, wrong or expired token
     FORBIDDEN_ORIGIN = 4403  # a browser page from another origin
 
@@ -477,16 +480,26 @@ class BadFrame(Exception):
         self.request_id = request_id
 
 
-def parse_client_message(text: str | bytes) -> ClientMessage:
+def parse_client_message(text: str | bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> ClientMessage:
     """Parse one client frame or raise :class:`BadFrame` naming what is wrong."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode()
+        except UnicodeDecodeError as e:
+            raise BadFrame("invalid_json", f"frame is not valid UTF-8: {e}") from e
+    depth = nesting_depth(text, max_depth)
+    if depth > max_depth:
+        raise BadFrame("too_deep", f"JSON nested over {max_depth} levels deep")
     try:
         raw = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise BadFrame("invalid_json", f"frame is not valid JSON: {e}") from e
     if not isinstance(raw, dict):
         raise BadFrame("invalid_message", "frame must be a JSON object")
     raw_id = raw.get("id")
     request_id = raw_id if isinstance(raw_id, str | int) and not isinstance(raw_id, bool) else None
+    if request_id is not None and (why := request_id_problem(request_id)) is not None:
+        raise BadFrame("invalid_message", why)
     msg_type = raw.get("type")
     if msg_type is None:
         raise BadFrame("missing_type", "frame has no 'type'", request_id)

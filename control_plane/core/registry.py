@@ -209,15 +209,25 @@ class JobRegistry:
 
 class IdempotencyCache:
     """Remembers the outcome of recent commands by key, so a command sent twice (a client
-    retrying after a reconnect) is applied once and answered twice. Bounded, oldest first out.
+    retrying after a reconnect) is applied once and answered twice. Bounded in count
+    (``size``) and in the bytes of its keys (``max_bytes``, each key counted with
+    :data:`ENTRY_OVERHEAD`: a key is a client id and a request id, which clients choose);
+    oldest first out.
     """
 
-    def __init__(self, size: int = 10_000) -> None:
+    ENTRY_OVERHEAD = 256  # bytes an entry costs beyond its key's characters (dict, future)
+
+    def __init__(self, size: int = 10_000, max_bytes: int = 4 * 1024 * 1024) -> None:
         self._size = size
+        self._max_bytes = max_bytes
         self._entries: OrderedDict[tuple[str, str], asyncio.Future[Any]] = OrderedDict()
+        self.bytes = 0
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def _cost(self, key: tuple[str, str]) -> int:
+        return len(key[0]) + len(key[1]) + self.ENTRY_OVERHEAD
 
     async def run(self, key: tuple[str, str], action: Callable[[], Awaitable[Any]]) -> Any:
         """Run ``action`` once per key; later calls with the key get the same outcome.
@@ -230,8 +240,12 @@ class IdempotencyCache:
             task = asyncio.ensure_future(action())
             task.add_done_callback(_retrieve)
             self._entries[key] = task
-            while len(self._entries) > self._size:
-                self._entries.popitem(last=False)
+            self.bytes += self._cost(key)
+            while len(self._entries) > 1 and (
+                len(self._entries) > self._size or self.bytes > self._max_bytes
+            ):
+                old, _ = self._entries.popitem(last=False)
+                self.bytes -= self._cost(old)
         return await asyncio.shield(task)
 
 

@@ -28,6 +28,7 @@ from control_plane.core.errors import (
     ForbiddenError,
     JobNotFoundError,
 )
+from control_plane.core.limits import close_reason
 from control_plane.core.principals import Principal
 from control_plane.core.protocol import CloseCode, JobCommand, encode, error_reply
 from control_plane.gateway import auth
@@ -91,14 +92,14 @@ async def _refuse(websocket: WebSocket, code: int, error_code: str, message: str
     """Accept, say why in an ``error`` frame, and close: browsers cannot read a 403."""
     await websocket.accept()
     await websocket.send_text(encode(error_reply(None, error_code, message)))
-    await websocket.close(code, message.encode()[:120].decode(errors="ignore"))
+    await websocket.close(code, close_reason(message))  # at most 123 bytes of UTF-8
 
 
 def bind_client_id(principal: Principal, given: str | None) -> str | None:
     """The client id a socket runs under: a signed token's subject is part of it, so a
     client resumes only its own ids (another principal naming the same id gets another).
     The shared token's admin keeps the ids it gives."""
-    if given is None or principal.expires_at is None:
+    if given is None or not principal.signed:
         return given
     return f"{principal.sub}~{given}"
 
@@ -152,6 +153,7 @@ class Gateway:
             ping_interval=config.socket.heartbeat_interval,
             ping_timeout=config.socket.heartbeat_timeout,
             port_span=config.port_span,
+            handshake_timeout=config.socket.handshake_timeout,
         )
         self._server.start(ready=_replica_initialized)
         self._address = GatewayAddress(

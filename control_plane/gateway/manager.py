@@ -39,6 +39,11 @@ from control_plane.core.protocol import (
 from control_plane.core.reader import HubPort, HubReader, Reset
 from control_plane.core.routing import SubscriptionIndex
 from control_plane.gateway.audit import AuditTrail
+from control_plane.gateway.connection_limits import (
+    TooManyConnectionsError,
+    connection_refusal,
+    refuse_connection,
+)
 from control_plane.gateway.session import CommandRunner, Session, SnapshotSource, SocketConfig
 from control_plane.observability import metrics
 from control_plane.observability.logs import log_event
@@ -75,6 +80,7 @@ class WebSocketManager:
         self.closes: Counter[int] = Counter()  # sockets closed, by close code
         self.catch_ups = 0  # times a socket went on from the history when its queue filled
         self._delivered_gone = 0  # frames delivered to sessions that are gone
+        self._principals: dict[str, int] = {}  # principal key -> its sockets here
 
     def configure(
         self,
@@ -132,15 +138,25 @@ class WebSocketManager:
         self, websocket: WebSocket, client_id: str, principal: Principal = SHARED_ADMIN
     ) -> Session:
         """Accept (if not yet accepted) and register a socket under ``client_id``; a socket
-        already registered under it is closed (1000, replaced)."""
+        already registered under it is closed (1000, replaced). Over the connection limits
+        (of the replica, of a signed-token principal's sockets) it is refused: an ``error``
+        frame, a close with 4029, and :class:`TooManyConnectionsError` raised."""
+        principal_key = principal.sub if principal.signed else ""
         reader = self._reader()
         epoch, _ = await reader.ready()
         if websocket.client_state is WebSocketState.CONNECTING:
             await websocket.accept()
+        refusal = connection_refusal(
+            self.config, self.sessions, client_id, principal_key, self._principals
+        )
+        if refusal is not None:
+            await refuse_connection(websocket, refusal)
+            raise TooManyConnectionsError(refusal)
         old = self.sessions.get(client_id)
         if old is not None:
             await self.disconnect(client_id, CloseCode.NORMAL, "replaced by a new connection")
         session = Session(self, websocket, client_id, principal)
+        self._principals[principal_key] = self._principals.get(principal_key, 0) + 1
         # No await from here to the welcome: the socket gets every broadcast after this cursor.
         self.sessions[client_id] = session
         self.index.add_client(client_id)
@@ -188,8 +204,12 @@ class WebSocketManager:
         client_id: str | None = None,
         principal: Principal = SHARED_ADMIN,
     ) -> None:
-        """Run one accepted-or-connecting socket until it closes."""
-        session = await self.connect(websocket, client_id or uuid.uuid4().hex[:16], principal)
+        """Run one accepted-or-connecting socket until it closes; a signed token's
+        principal counts its sockets against ``max_connections_per_principal``."""
+        try:
+            session = await self.connect(websocket, client_id or uuid.uuid4().hex[:16], principal)
+        except TooManyConnectionsError:
+            return
         await session.run()
 
     def forget(self, session: Session) -> None:
@@ -197,6 +217,11 @@ class WebSocketManager:
         if self.sessions.get(session.client_id) is not session:
             return
         del self.sessions[session.client_id]
+        left = self._principals.get(session.principal_key, 0) - 1
+        if left > 0:
+            self._principals[session.principal_key] = left
+        else:
+            self._principals.pop(session.principal_key, None)
         self._delivered_gone += session.delivered
         self.index.remove_client(session.client_id)
         self._reader().want(self._wanted())

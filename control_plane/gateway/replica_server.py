@@ -25,6 +25,8 @@ from typing import Any
 
 import uvicorn
 
+from control_plane.gateway.handshake import deadline_protocol
+
 logger = logging.getLogger(__name__)
 
 BIND_PATIENCE = 5.0  # seconds to wait for a port a stopping replica still holds
@@ -91,6 +93,7 @@ class ReplicaServer:
         ping_interval: float | None = 15.0,
         ping_timeout: float | None = 20.0,
         port_span: int = 1,
+        handshake_timeout: float | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -107,6 +110,8 @@ class ReplicaServer:
             ws_per_message_deflate=False,  # frames are small; deflate costs CPU per socket
             ws_max_size=16 * 1024 * 1024,  # the app closes over-limit frames itself (1009)
             timeout_graceful_shutdown=2,
+            # TCP open to upgrade done, bounded (uvicorn bounds only idle keep-alives)
+            http=deadline_protocol(handshake_timeout) if handshake_timeout else "auto",
         )
         self._server = uvicorn.Server(self._config)
         self._task: asyncio.Task[None] | None = None

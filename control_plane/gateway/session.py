@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -36,6 +37,12 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from control_plane.core.errors import AuthError, ControlPlaneError, ForbiddenError
 from control_plane.core.heartbeat import Heartbeat, HeartbeatLimits, Verdict
 from control_plane.core.hub_log import LogEntry
+from control_plane.core.limits import (
+    DEFAULT_SUBSCRIBES_IN_FLIGHT,
+    TokenBucket,
+    check_event_type,
+    close_reason,
+)
 from control_plane.core.outbox import Outbox
 from control_plane.core.owners import may_receive
 from control_plane.core.principals import Principal
@@ -54,6 +61,7 @@ from control_plane.core.protocol import (
     ack,
     encode,
     error_reply,
+    normalize_event,
     parse_client_message,
     server_frame,
 )
@@ -76,6 +84,17 @@ class SocketConfig:
     max_lag: float = 15.0  # one send blocked this long: the client reads nothing (4008)
     subscribe_deadline: float = 60.0  # close a socket that never subscribes (4001)
     close_timeout: float = 10.0  # a close frame not sent by then: the connection is aborted
+    # Limits (README "Limits"); each refused request gets an ``error`` with its own code.
+    max_depth: int = 32  # JSON nesting of a client frame (too_deep)
+    max_subscriptions: int = 1000  # channels one socket subscribes to (too_many_subscriptions)
+    max_subscribes_in_flight: int = (
+        DEFAULT_SUBSCRIBES_IN_FLIGHT  # not acked yet (too_many_requests)
+    )
+    requests_per_second: float = 50.0  # a socket's requests, steady (rate_limited) ...
+    request_burst: int = 200  # ... after a burst of this many
+    max_connections: int = 10_000  # sockets on one replica (close 4029)
+    max_connections_per_principal: int = 256  # sockets of one principal on a replica (4029)
+    handshake_timeout: float = 10.0  # TCP open to WebSocket upgrade done (the connection drops)
 
     def __post_init__(self) -> None:
         # A client that reads nothing cannot answer pings either: judge it slow (4008, with
@@ -114,6 +133,14 @@ class Session:
         self.client_id = client_id
         self.principal = principal
         self._expiry: asyncio.TimerHandle | None = None
+        # Sockets are counted per signed-token subject; the shared token's admin (a single
+        # user's own clients) counts only toward the replica's total.
+        self.principal_key = principal.sub if principal.signed else ""
+        self.requests = TokenBucket(
+            self.config.requests_per_second, self.config.request_burst, time.monotonic()
+        )
+        self.subscribing = 0  # subscribes in flight (not acknowledged yet)
+        self._subscribes: set[int] = set()  # id() of each of them
         self.state = SessionState.OPEN
         self.outbox = Outbox(self.config.send_queue_size)
         self.heartbeat = Heartbeat(time.monotonic())
@@ -287,7 +314,7 @@ class Session:
             return
         try:
             async with asyncio.timeout(self.config.close_timeout):
-                await ws.close(code, reason)
+                await ws.close(code, close_reason(reason))
         except TimeoutError:
             logger.info("close %d to %s not sent in time: aborting", code, self.client_id)
             abort_connection(ws)
@@ -313,15 +340,57 @@ class Session:
                 self.reply(error_reply(None, "binary_frame", "send JSON as text frames"))
                 continue
             try:
-                msg = parse_client_message(text)
+                msg = parse_client_message(text, self.config.max_depth)
             except BadFrame as e:
                 self.reply(error_reply(e.request_id, e.code, e.message))
                 continue
             if isinstance(msg, Pong):
                 continue  # answers to the pings of older servers: nothing to do
+            refusal = self._refusal(msg)
+            if refusal is not None:
+                self.reply(error_reply(msg.id, *refusal))
+                continue
             task = asyncio.get_running_loop().create_task(self._handle(msg))
             self._requests.add(task)
             task.add_done_callback(self._requests.discard)
+            if isinstance(msg, Subscribe):
+                # In flight until its ack (or error) is queued: what a client can see. The
+                # replay that follows an ack is paced by the send queue.
+                key = id(msg)
+                self.subscribing += 1
+                self._subscribes.add(key)
+                task.add_done_callback(functools.partial(self._subscribed_task, key))
+
+    def _subscribed_task(self, key: int, _: asyncio.Task[None]) -> None:
+        self._subscribed(key)
+
+    def _subscribed(self, key: int) -> None:
+        if key in self._subscribes:
+            self._subscribes.discard(key)
+            self.subscribing -= 1
+
+    def _refusal(self, msg: ClientMessage) -> tuple[str, str] | None:
+        """(code, message) when a limit refuses ``msg``, else None."""
+        cfg = self.config
+        if not self.requests.take(time.monotonic()):
+            return "rate_limited", (
+                f"over {cfg.requests_per_second:g} requests a second "
+                f"(after a burst of {cfg.request_burst}): slow down"
+            )
+        if isinstance(msg, Subscribe):
+            if self.subscribing >= cfg.max_subscribes_in_flight:
+                return "too_many_requests", (
+                    f"{self.subscribing} subscribes are in flight, at most "
+                    f"{cfg.max_subscribes_in_flight}: wait for their acks"
+                )
+            channels = self.manager.index.channels_of(self.client_id)
+            total = len(channels | set(msg.channels))
+            if total > cfg.max_subscriptions:
+                return "too_many_subscriptions", (
+                    f"{total} channels would be over the {cfg.max_subscriptions} one socket "
+                    "may subscribe to"
+                )
+        return None
 
     async def _handle(self, msg: ClientMessage) -> None:
         try:
@@ -340,7 +409,13 @@ class Session:
             elif isinstance(msg, Broadcast):
                 if not self.principal.is_admin:
                     raise ForbiddenError("broadcast is for admins")
-                seq = await self.manager.broadcast(msg.event)
+                try:
+                    check_event_type(str(msg.event.get("type")))
+                    event = normalize_event(msg.event)
+                except ValueError as e:
+                    self.reply(error_reply(msg.id, "invalid_event", str(e)))
+                    return
+                seq = await self.manager.broadcast(event)
                 self.reply(ack(msg.id, seq=seq))
         except asyncio.CancelledError:
             raise
@@ -474,6 +549,7 @@ class Session:
         )
 
     def _ack(self, msg: Subscribe, **data: Any) -> dict[str, Any]:
+        self._subscribed(id(msg))
         channels = sorted(self.manager.index.channels_of(self.client_id))
         return ack(msg.id, channels=channels, **data)
 

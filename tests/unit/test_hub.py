@@ -127,7 +127,11 @@ def test_oldest_and_len_agree_with_what_read_returns():
 def test_stats_describe_the_log():
     log = EventLog(10, epoch="e")
     fill(log, 4)
-    assert log.stats() == {
+    stats = log.stats()
+    # the bytes of the frames kept (without the seq each frame gets when it is sent)
+    assert stats.pop("bytes") == sum(len(e.frame) - len(f',"seq":{e.seq}') for e in log.read(0))
+    assert stats.pop("max_bytes") is None
+    assert stats == {
         "epoch": "e",
         "head": 4,
         "oldest": 1,

@@ -32,7 +32,8 @@
     "job.resumed", "job.cancelled", "job.restarted", "job.suspended"];
   // protocol.CloseCode, by its members' names in lower case.
   var CLOSE_CODES = {normal: 1000, too_big: 1009, server_error: 1011, restarting: 1012,
-    no_subscribe: 4001, slow_consumer: 4008, bad_request: 4400, unauthorized: 4401,
+    no_subscribe: 4001, slow_consumer: 4008, too_many_connections: 4029, bad_request: 4400,
+    unauthorized: 4401,
     forbidden_origin: 4403};
   // The codes of CloseCode whose retry is false: coming back as it is would end the same way.
   var NO_RETRY = [1009, 4400, 4401, 4403];
@@ -277,7 +278,13 @@
       var requests = Array.from(groups.keys()).sort(function (a, b) { return a - b; })
         .map((since) => ({type: "subscribe", channels: groups.get(since), since: since,
           epoch: this.epoch}));
-      var replies = await Promise.all(requests.map((m) => this._request(m, false, session.ws)));
+      // The gateway takes 4 subscribes in flight per socket (protocol limits): in groups.
+      var replies = [];
+      for (var at = 0; at < requests.length; at += 4) {
+        var group = requests.slice(at, at + 4);
+        replies = replies.concat(
+          await Promise.all(group.map((m) => this._request(m, false, session.ws))));
+      }
       replies.forEach((reply, i) => {
         if (reply.type !== "error") return;
         console.warn("control plane: resubscribing failed", reply.data);
