@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--token", default=None, help="token to require (CONTROL_PLANE_TOKEN)")
         p.add_argument("--no-auth", action="store_true", help="development only, loopback only")
         p.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN")
+        p.add_argument(
+            "--job-type",
+            action="append",
+            default=[],
+            metavar="MODULE:FUNCTION",
+            help="a job type the dashboard's submit form offers, beside the examples",
+        )
         p.add_argument("--metrics-interval", type=float, default=5.0, metavar="SECONDS")
         p.add_argument("--stall-after", type=float, default=300.0, metavar="SECONDS")
         p.add_argument(
@@ -177,6 +184,7 @@ def _serve(args: argparse.Namespace) -> int:
         port_span=args.port_span,
         state_dir=args.state_dir,
         history_age=args.history_age,
+        job_types=args.job_type,
     )
     stop = threading.Event()
     # ray.init installs its own SIGTERM handler; ours goes in after it.

@@ -21,6 +21,7 @@ from ray import serve
 from control_plane.actors import runtime
 from control_plane.actors.controller import ensure_controller
 from control_plane.actors.hub import DEFAULT_HISTORY, ensure_hub
+from control_plane.core.job_types import DEFAULT_TYPES, JobTypes
 from control_plane.core.system import SystemConfig
 from control_plane.gateway import auth
 from control_plane.gateway.app import GatewayConfig, build_app
@@ -73,6 +74,7 @@ def start(
     state_dir: str | None = None,
     port_span: int = 1,
     history_age: float | None = None,
+    job_types: Iterable[str] = (),
 ) -> ControlPlaneInfo:
     """Make sure Ray, the EventHub, the controller and the gateway run; return where.
 
@@ -83,6 +85,8 @@ def start(
     is where the hub's log and the controller's registry live, on the head node
     (``control_plane/actors/state_dir.py`` says the default). The hub keeps the newest
     ``history`` events, and with ``history_age`` none older than that many seconds.
+    ``job_types`` (``module:function``) are offered by the page's submit form beside the
+    examples.
     """
     global _info
     if _info is not None and ray.is_initialized():
@@ -104,6 +108,7 @@ def start(
             state_dir=state_dir,
             port_span=port_span,
             history_age=history_age,
+            job_types=job_types,
         )
     except BaseException:
         if started_ray:  # leave nothing behind that the caller cannot see
@@ -131,7 +136,10 @@ def _start_on_ray(
     state_dir: str | None,
     port_span: int = 1,
     history_age: float | None = None,
+    job_types: Iterable[str] = (),
 ) -> ControlPlaneInfo:
+    registered = [*DEFAULT_TYPES, *job_types]
+    JobTypes(registered)  # a --job-type that does not load fails here, not in the replica
     if no_auth:
         auth.check_no_auth_allowed(host)
         token_value = None
@@ -155,6 +163,7 @@ def _start_on_ray(
             port=port,
             num_replicas=replica_count(num_replicas),
             port_span=port_span,
+            job_types=registered,
         )
         serve.run(build_app(config), name=runtime.SERVE_APP_NAME, route_prefix=None)
     info = ControlPlaneInfo(host, port, token_value, started_ray)

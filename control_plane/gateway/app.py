@@ -19,7 +19,9 @@ from ray import serve
 from control_plane.actors import gateway_directory, runtime
 from control_plane.actors.gateway_directory import GatewayAddress
 from control_plane.actors.hub import RayHub
+from control_plane.core import principals
 from control_plane.core.errors import AuthError, CommandError, ControlPlaneError
+from control_plane.core.job_types import DEFAULT_TYPES, JobTypeError, JobTypes
 from control_plane.core.protocol import CloseCode, JobCommand, encode, error_reply
 from control_plane.gateway import auth
 from control_plane.gateway.manager import SocketConfig, get_ws_manager
@@ -29,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 DEPLOYMENT_NAME = "gateway"
 STATIC = resources.files("control_plane.gateway").joinpath("static")
-STATIC_TYPES = {"js": "text/javascript", "css": "text/css"}
+STATIC_TYPES = {"js": "text/javascript", "css": "text/css", "svg": "image/svg+xml"}
 
 
 @dataclass
@@ -43,6 +45,8 @@ class GatewayConfig:
     # Ports ``port .. port+port_span-1``: each replica listens on the first one free on its
     # node (nodes that share an address, as on one test machine, need one each).
     port_span: int = 1
+    # What the page's submit form offers: ``module:function`` strings (--job-type).
+    job_types: list[str] = field(default_factory=lambda: list(DEFAULT_TYPES))
 
 
 app = FastAPI(title="Ray job control plane", docs_url=None, redoc_url=None)
@@ -77,6 +81,7 @@ class Gateway:
     def __init__(self, config: GatewayConfig) -> None:
         self._config = config
         self._controller = runtime.controller()
+        self._job_types = JobTypes(config.job_types)
         self._manager = get_ws_manager()
         hub = runtime.hub()
         self._manager.configure(
@@ -202,11 +207,36 @@ class Gateway:
             raise HTTPException(404, e.message) from e
         return JSONResponse(_status_dict(status))
 
-    def _guard(self, request: Request) -> None:
+    @app.get("/api/job-types")
+    async def api_job_types(self, request: Request) -> JSONResponse:
+        self._guard(request)
+        return JSONResponse(self._job_types.public())
+
+    @app.post("/api/jobs")
+    async def api_submit(self, request: Request) -> JSONResponse:
+        """Submit a registered job type: ``{"type": name, "params": {...}}``; the browser never
+        names a ``module:function`` of its own."""
+        principal = self._guard(request)
+        if not principal.may_submit():
+            raise HTTPException(403, f"{principal.role.value} may not submit jobs")
+        try:
+            job_type, kwargs = self._job_types.resolve(await request.json())
+        except ValueError as e:  # the body is not JSON
+            raise HTTPException(422, f"the body is not JSON: {e}") from e
+        except JobTypeError as e:
+            raise HTTPException(422, e.message) from e
+        job_id, _ = await self._controller.submit.remote(
+            job_type.target, (), kwargs, job_type.name, principal.sub
+        )
+        status = await self._controller.get_status.remote(job_id)
+        return JSONResponse(_status_dict(status), status_code=201)
+
+    def _guard(self, request: Request) -> principals.Principal:
         try:
             self._authenticate(request)
         except AuthError as e:
             raise HTTPException(401, e.message) from e
+        return principals.SHARED_ADMIN
 
 
 def build_app(config: GatewayConfig) -> Any:
