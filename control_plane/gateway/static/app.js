@@ -46,9 +46,9 @@
     if (!job.created_at) return "";
     var end = ACTIVE.indexOf(job.state) >= 0 ? now : Date.parse(job.updated_at || job.created_at);
     var s = Math.max(0, Math.round((end - Date.parse(job.created_at)) / 1000));
-    if (s < 60) return s + " s";
-    if (s < 3600) return Math.floor(s / 60) + " min " + (s % 60) + " s";
-    return Math.floor(s / 3600) + " h " + Math.floor(s % 3600 / 60) + " min";
+    if (s < 60) return s + "s";
+    if (s < 3600) return Math.floor(s / 60) + "m " + (s % 60) + "s";
+    return Math.floor(s / 3600) + "h " + Math.floor(s % 3600 / 60) + "m";
   }
   function pct(p) { return (Math.round((p || 0) * 10) / 10) + "%"; }
   function clock(iso) { return iso ? iso.slice(11, 23) : ""; }
@@ -490,15 +490,35 @@
     });
   }
 
+  /* Alerts as dismissible banners: the newest three, and a button for the rest. */
+  var alerts = [];
   function onAlert(e) {
-    var d = e.data, box = el("div", {class: "alert", role: "alert", "data-level": d.level || "warning"});
-    box.appendChild(el("p", null, (d.level || "warning").toUpperCase() + ": " + d.message));
-    var close = el("button", {type: "button", "aria-label": "Dismiss alert: " + d.message}, "Dismiss");
-    close.addEventListener("click", function () { box.remove(); });
-    box.appendChild(close);
-    var alerts = $("alerts");
-    alerts.appendChild(box);
-    while (alerts.childNodes.length > 5) alerts.removeChild(alerts.firstChild);
+    alerts.push({id: e.seq, level: e.data.level || "warning", message: String(e.data.message)});
+    if (alerts.length > 200) alerts.shift();
+    drawAlerts();
+  }
+
+  function drawAlerts() {
+    var box = $("alerts");
+    box.textContent = "";
+    alerts.slice(-3).reverse().forEach(function (a) {
+      var banner = el("div", {class: "alert", role: "alert", "data-level": a.level});
+      banner.appendChild(el("p", null, a.level.toUpperCase() + ": " + a.message));
+      var close = el("button", {type: "button", "aria-label": "Dismiss alert: " + a.message},
+        "Dismiss");
+      close.addEventListener("click", function () {
+        alerts = alerts.filter(function (x) { return x !== a; });
+        drawAlerts();
+      });
+      banner.appendChild(close);
+      box.appendChild(banner);
+    });
+    if (alerts.length > 3) {
+      var all = el("button", {type: "button", class: "dismiss-all"},
+        "Dismiss all " + alerts.length + " alerts");
+      all.addEventListener("click", function () { alerts = []; drawAlerts(); });
+      box.appendChild(all);
+    }
   }
 
   /* --- connection indicator, notices --------------------------------------------------- */
