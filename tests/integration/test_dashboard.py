@@ -427,3 +427,15 @@ async def test_frame_time_while_50_jobs_report_10_times_a_second(
         with contextlib.suppress(ControlPlaneError):  # one may have ended meanwhile
             job.cancel()
     assert len(deltas) == 599
+
+
+async def test_the_indicator_says_offline_when_the_network_goes_and_recovers(
+    plane: Any, dash: Dashboard
+) -> None:
+    tab = await dash.page()
+    await tab.evaluate(WATCH_INDICATOR)
+    await dash.context.set_offline(True)
+    await tab.wait_for_function("document.getElementById('conn').dataset.state === 'offline'")
+    await dash.context.set_offline(False)
+    await tab.wait_for_function("document.getElementById('conn').dataset.state === 'connected'")
+    assert (await tab.evaluate("connStates"))[0] == "offline"
