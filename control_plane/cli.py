@@ -57,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-auth", action="store_true", help="development only, loopback only")
         p.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN")
         p.add_argument(
+            "--allowed-host",
+            action="append",
+            default=[],
+            metavar="NAME",
+            help="a Host name clients use beside loopback and the bound address (a DNS name, "
+            "a load balancer's); others are refused, against DNS rebinding",
+        )
+        p.add_argument(
             "--job-type",
             action="append",
             default=[],
@@ -131,6 +139,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--token", default=None, help="CONTROL_PLANE_TOKEN, else the kept one")
     attach(p)
+    p = sub.add_parser("token", help="signed tokens for principals")
+    tokens = p.add_subparsers(dest="token_command", required=True)
+    p = tokens.add_parser("create", help="print a signed token for a principal")
+    p.add_argument("--sub", required=True, help="who it is for (jobs they submit are theirs)")
+    p.add_argument("--role", required=True, choices=["viewer", "operator", "admin"])
+    p.add_argument("--ttl", default="8h", help="lifetime: 30m, 8h, 7d (at most 366d)")
+    p.add_argument(
+        "--see",
+        action="append",
+        default=[],
+        metavar="OWNER",
+        help="also see the jobs of OWNER ('*': every owner's); repeatable",
+    )
+    p.add_argument(
+        "--token", default=None, help="the shared token it is signed with (CONTROL_PLANE_TOKEN)"
+    )
     return parser
 
 
@@ -151,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "watch":
             return asyncio.run(_watch(args))
+        if args.command == "token":
+            return _token_create(args)
         return _job_command(args)
     except KeyboardInterrupt:
         return 130
@@ -166,6 +192,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
 
 
+def _token_create(args: argparse.Namespace) -> int:
+    """Sign a token with the key derived from the shared token: no server call."""
+    from control_plane.core.tokens import Credentials, parse_ttl
+    from control_plane.gateway import auth
+
+    shared = auth.find_token(args.token)
+    if shared is None:
+        print(
+            "error: no shared token to sign with: pass --token, set CONTROL_PLANE_TOKEN, or run "
+            "`control-plane serve` once on this machine",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        token = Credentials.from_token(shared).sign(
+            args.sub, args.role, parse_ttl(args.ttl), args.see
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     import ray
 
@@ -179,6 +229,7 @@ def _serve(args: argparse.Namespace) -> int:
         token=args.token,
         no_auth=args.no_auth,
         allowed_origins=args.allowed_origin,
+        allowed_hosts=args.allowed_host,
         system=SystemConfig(metrics_interval=args.metrics_interval, stall_after=args.stall_after),
         num_replicas=args.replicas,
         port_span=args.port_span,

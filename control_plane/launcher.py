@@ -12,7 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -23,6 +23,7 @@ from control_plane.actors.controller import ensure_controller
 from control_plane.actors.hub import DEFAULT_HISTORY, ensure_hub
 from control_plane.core.job_types import DEFAULT_TYPES, JobTypes
 from control_plane.core.system import SystemConfig
+from control_plane.core.tokens import Credentials
 from control_plane.gateway import auth
 from control_plane.gateway.app import GatewayConfig, build_app
 from control_plane.gateway.manager import SocketConfig
@@ -37,7 +38,7 @@ class ControlPlaneInfo:
 
     host: str
     port: int
-    token: str | None
+    token: str | None = field(repr=False)  # never in a log line or a repr
     started_ray: bool
 
     @property
@@ -66,6 +67,7 @@ def start(
     *,
     no_auth: bool = False,
     allowed_origins: Iterable[str] = (),
+    allowed_hosts: Iterable[str] = (),
     socket: SocketConfig | None = None,
     system: SystemConfig | None = None,
     history: int = DEFAULT_HISTORY,
@@ -100,6 +102,7 @@ def start(
             started_ray,
             no_auth=no_auth,
             allowed_origins=allowed_origins,
+            allowed_hosts=allowed_hosts,
             socket=socket,
             system=system,
             history=history,
@@ -128,6 +131,7 @@ def _start_on_ray(
     *,
     no_auth: bool,
     allowed_origins: Iterable[str],
+    allowed_hosts: Iterable[str],
     socket: SocketConfig | None,
     system: SystemConfig | None,
     history: int,
@@ -155,9 +159,11 @@ def _start_on_ray(
         # The gateway replica serves its own port; Serve's HTTP proxy is not needed (where
         # Serve already runs, with or without one, this attaches to it as it is).
         serve.start(proxy_location="Disabled")
+        auth.store_credentials(None if token_value is None else Credentials.from_token(token_value))
         config = GatewayConfig(
-            token=token_value,
+            auth=token_value is not None,
             allowed_origins=list(allowed_origins),
+            allowed_hosts=list(allowed_hosts),
             socket=socket or SocketConfig(),
             host=host,
             port=port,

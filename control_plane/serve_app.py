@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from control_plane.actors.controller import ensure_controller
 from control_plane.actors.hub import DEFAULT_HISTORY, ensure_hub
+from control_plane.core.tokens import Credentials
 from control_plane.gateway import auth
 from control_plane.gateway.app import GatewayConfig, build_app
 from control_plane.gateway.manager import SocketConfig
@@ -36,6 +37,7 @@ class GatewayArgs(BaseModel):
     history_age: float | None = Field(None, gt=0)
     state_dir: str | None = None
     allowed_origins: list[str] = Field(default_factory=list)
+    allowed_hosts: list[str] = Field(default_factory=list)
     no_auth: bool = False
     socket: dict[str, Any] = Field(default_factory=dict)  # SocketConfig's fields
 
@@ -48,8 +50,10 @@ def app_builder(args: dict[str, Any]) -> Any:
     token = None if given.no_auth else auth.resolve_token()
     ensure_hub(given.history, given.state_dir, given.history_age)
     ensure_controller(None, given.state_dir)
+    auth.store_credentials(None if token is None else Credentials.from_token(token))
     config = GatewayConfig(
-        token=token,
+        auth=token is not None,
+        allowed_hosts=given.allowed_hosts,
         allowed_origins=given.allowed_origins,
         socket=SocketConfig(**given.socket),
         host=given.host,

@@ -477,6 +477,14 @@ class Controller:
         record = self._record(job_id)
         return await self._live_status(job_id) or record.status()
 
+    async def owners(self, job_ids: list[str] | None = None) -> dict[str, str]:
+        """job id -> owner, of ``job_ids`` (those it knows) or of every job."""
+        await self.start()
+        if job_ids is None:
+            return {r.job_id: r.owner for r in self._registry.records()}
+        found = (self._registry.get(job_id) for job_id in job_ids)
+        return {r.job_id: r.owner for r in found if r is not None}
+
     async def list_jobs(self, states: list[str] | None = None) -> list[JobStatus]:
         await self.start()  # a restarted controller resumes its loops on first use
         wanted = set(states or ())

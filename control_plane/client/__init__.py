@@ -5,6 +5,7 @@ from control_plane.client.async_client import ConnectionState, ControlPlaneClien
 from control_plane.client.errors import (
     CommandRejected,
     ConnectionLost,
+    Forbidden,
     JobNotFound,
     RequestTimeout,
     TransitionRejected,
@@ -17,6 +18,7 @@ __all__ = [
     "ConnectionLost",
     "ConnectionState",
     "ControlPlaneClient",
+    "Forbidden",
     "JobNotFound",
     "RequestTimeout",
     "SyncControlPlaneClient",

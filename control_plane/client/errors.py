@@ -19,6 +19,7 @@ import re
 from control_plane.core.errors import (
     AuthError,
     ControlPlaneError,
+    ForbiddenError,
     InvalidTransitionError,
     JobNotFoundError,
 )
@@ -51,6 +52,10 @@ class TransitionRejected(CommandRejected, InvalidTransitionError):
         self.command, self.state = found.groups() if found else ("", "")
 
 
+class Forbidden(CommandRejected, ForbiddenError):
+    """The principal's role or the job's owner does not allow it (code ``forbidden``)."""
+
+
 class ConnectionLost(ControlPlaneError):
     """The connection is gone for good: a close code that is not retried, or closed."""
 
@@ -76,4 +81,5 @@ REJECTIONS: dict[str, type[CommandRejected]] = {
     "job_not_found": JobNotFound,
     "invalid_transition": TransitionRejected,
     "not_suspendable": TransitionRejected,  # suspend of a job that never saved a state
+    "forbidden": Forbidden,
 }

@@ -83,6 +83,9 @@ class SyncControlPlaneClient:
     def suspend(self, job_id: str) -> dict[str, Any]:
         return self._call(self.client.suspend(job_id))
 
+    def refresh_token(self, token: str) -> dict[str, Any]:
+        return self._call(self.client.refresh_token(token))
+
     def ping(self) -> float:
         return self._call(self.client.ping())
 

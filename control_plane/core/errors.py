@@ -48,6 +48,12 @@ class AuthError(ControlPlaneError):
     code = "unauthorized"
 
 
+class ForbiddenError(ControlPlaneError):
+    """The principal may not see or do what it asked (its role, or the job's owner)."""
+
+    code = "forbidden"
+
+
 class JobNotFoundError(ControlPlaneError):
     code = "job_not_found"
 

@@ -13,8 +13,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from control_plane.core.protocol import AUDIT_CHANNEL
+
 EVERY_OWNER = "*"
-AUDIT_CHANNEL = "audit"
 
 
 class Role(StrEnum):

@@ -65,6 +65,7 @@ TERMINAL_EVENT_TYPES = frozenset({"job.completed", "job.failed", "job.cancelled"
 SYSTEM_CHANNEL = "system"
 JOBS_CHANNEL = "jobs"
 ALL_CHANNELS = "*"
+AUDIT_CHANNEL = "audit"  # every command and refusal; admins only
 JOB_CHANNEL_PREFIX = "job:"
 
 _TYPE_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
@@ -114,7 +115,7 @@ def channel_for(event_type: str, data: dict[str, Any]) -> str:
 
 
 def is_valid_channel(channel: str) -> bool:
-    if channel in (SYSTEM_CHANNEL, JOBS_CHANNEL, ALL_CHANNELS):
+    if channel in (SYSTEM_CHANNEL, JOBS_CHANNEL, ALL_CHANNELS, AUDIT_CHANNEL):
         return True
     return channel.startswith(JOB_CHANNEL_PREFIX) and bool(
         _JOB_ID_RE.match(channel[len(JOB_CHANNEL_PREFIX) :])
@@ -164,6 +165,7 @@ class CloseCode(IntEnum):
     RESTARTING = 1012  # the gateway replica is restarting, or lost the hub's history
     NO_SUBSCRIBE = 4001  # no subscribe before the deadline
     SLOW_CONSUMER = 4008  # the client did not read: its send queue overflowed
+    BAD_REQUEST = 4400  # the handshake asked for something invalid (a malformed client_id)
     UNAUTHORIZED = 4401  # missing, wrong or expired token
     FORBIDDEN_ORIGIN = 4403  # a browser page from another origin
 
@@ -173,7 +175,9 @@ class CloseCode(IntEnum):
         return self not in _NO_RETRY
 
 
-_NO_RETRY = frozenset({CloseCode.TOO_BIG, CloseCode.UNAUTHORIZED, CloseCode.FORBIDDEN_ORIGIN})
+_NO_RETRY = frozenset(
+    {CloseCode.TOO_BIG, CloseCode.BAD_REQUEST, CloseCode.UNAUTHORIZED, CloseCode.FORBIDDEN_ORIGIN}
+)
 
 # Closes that refuse the client's credentials (its token, its page's origin): a client
 # reports them as an auth error, not as a lost connection.
@@ -403,7 +407,9 @@ class Subscribe(_ClientMessage):
     def _channels_are_known(cls, channels: list[str]) -> list[str]:
         bad = [c for c in channels if not is_valid_channel(c)]
         if bad:
-            raise ValueError(f"unknown channel {bad[0]!r}: use 'job:<id>', 'jobs', 'system' or '*'")
+            raise ValueError(
+                f"unknown channel {bad[0]!r}: use 'job:<id>', 'jobs', 'system', 'audit' or '*'"
+            )
         return channels
 
 
@@ -425,12 +431,27 @@ class Ping(_ClientMessage):
     type: Literal["ping"]
 
 
+class Auth(_ClientMessage):
+    """A fresh token for an open socket (before the old one expires): same subject only."""
+
+    type: Literal["auth"]
+    token: str = Field(min_length=1, max_length=8192, repr=False)
+
+
+class Broadcast(_ClientMessage):
+    """An event to every client (admins only): ``{"type": "app.note", "data": {...}}``."""
+
+    type: Literal["broadcast"]
+    event: dict[str, Any]
+
+
 class Pong(_ClientMessage):
     type: Literal["pong"]
 
 
 ClientMessage = Annotated[
-    Subscribe | Unsubscribe | JobCommand | Ping | Pong, Field(discriminator="type")
+    Subscribe | Unsubscribe | JobCommand | Ping | Pong | Auth | Broadcast,
+    Field(discriminator="type"),
 ]
 client_message_adapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
 CLIENT_MESSAGE_TYPES = (
@@ -441,6 +462,8 @@ CLIENT_MESSAGE_TYPES = (
     "job.cancel",
     "job.suspend",
     "ping",
+    "auth",
+    "broadcast",
 )
 
 

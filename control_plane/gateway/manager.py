@@ -18,19 +18,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketState
 
-from control_plane.core.errors import ControlPlaneError
+from control_plane.core.errors import AuthError, ControlPlaneError, ForbiddenError
 from control_plane.core.hub_log import TARGET_ALL, LogEntry, ReaderFilter, client_target
-from control_plane.core.protocol import CloseCode, JobCommand, normalize_event, server_frame
+from control_plane.core.owners import CREATED, JobOwners
+from control_plane.core.principals import SHARED_ADMIN, Principal
+from control_plane.core.protocol import (
+    JOB_CHANNEL_PREFIX,
+    JOBS_CHANNEL,
+    CloseCode,
+    JobCommand,
+    normalize_event,
+    server_frame,
+)
 from control_plane.core.reader import HubPort, HubReader, Reset
 from control_plane.core.routing import SubscriptionIndex
+from control_plane.gateway.audit import AuditTrail
 from control_plane.gateway.session import CommandRunner, Session, SnapshotSource, SocketConfig
 
 logger = logging.getLogger(__name__)
+
+# Owners of the given jobs (None: of every job), from the controller.
+OwnerSource = Callable[[list[str] | None], Awaitable[dict[str, str]]]
+Authenticator = Callable[[str], Principal]
 
 LISTEN_BATCH = 4096  # entries per hub listen
 
@@ -48,6 +62,11 @@ class WebSocketManager:
         self._hub_actor: Any = None
         self._commands: CommandRunner | None = None
         self._snapshots: SnapshotSource | None = None
+        self._owner_source: OwnerSource | None = None
+        self._authenticator: Authenticator | None = None
+        self.audit = AuditTrail(None)
+        self.owners = JobOwners()
+        self._owners_loaded: asyncio.Future[None] | None = None
         self.slow_closed = 0
         self.catch_ups = 0  # times a socket went on from the history when its queue filled
         self._delivered_gone = 0  # frames delivered to sessions that are gone
@@ -59,12 +78,20 @@ class WebSocketManager:
         hub_actor: Any = None,
         commands: CommandRunner | None = None,
         snapshots: SnapshotSource | None = None,
+        owners: OwnerSource | None = None,
+        authenticator: Authenticator | None = None,
+        audit: AuditTrail | None = None,
     ) -> None:
-        """Set up this replica's manager: its hub reader (not started), commands, snapshots."""
+        """Set up this replica's manager: its hub reader (not started), commands, snapshots,
+        and where job owners come from (without: every socket is an admin's)."""
         self.config = config
         self._hub_actor = hub_actor
         self._commands = commands
         self._snapshots = snapshots
+        self._owner_source = owners
+        self._authenticator = authenticator
+        if audit is not None:
+            self.audit = audit
         self.reader = HubReader(
             hub,
             f"gateway-{uuid.uuid4().hex[:12]}",
@@ -96,7 +123,9 @@ class WebSocketManager:
 
     # --- the seed's API ------------------------------------------------------------------
 
-    async def connect(self, websocket: WebSocket, client_id: str) -> Session:
+    async def connect(
+        self, websocket: WebSocket, client_id: str, principal: Principal = SHARED_ADMIN
+    ) -> Session:
         """Accept (if not yet accepted) and register a socket under ``client_id``; a socket
         already registered under it is closed (1000, replaced)."""
         reader = self._reader()
@@ -106,7 +135,7 @@ class WebSocketManager:
         old = self.sessions.get(client_id)
         if old is not None:
             await self.disconnect(client_id, CloseCode.NORMAL, "replaced by a new connection")
-        session = Session(self, websocket, client_id)
+        session = Session(self, websocket, client_id, principal)
         # No await from here to the welcome: the socket gets every broadcast after this cursor.
         self.sessions[client_id] = session
         self.index.add_client(client_id)
@@ -118,8 +147,10 @@ class WebSocketManager:
                 epoch=epoch,
                 seq=reader.cursor,
                 heartbeat_interval=self.config.heartbeat_interval,
+                principal=principal.public(),
             )
         )
+        session.watch_expiry()
         return session
 
     async def disconnect(
@@ -146,9 +177,14 @@ class WebSocketManager:
 
     # --- one socket ----------------------------------------------------------------------
 
-    async def serve(self, websocket: WebSocket, client_id: str | None = None) -> None:
+    async def serve(
+        self,
+        websocket: WebSocket,
+        client_id: str | None = None,
+        principal: Principal = SHARED_ADMIN,
+    ) -> None:
         """Run one accepted-or-connecting socket until it closes."""
-        session = await self.connect(websocket, client_id or uuid.uuid4().hex[:16])
+        session = await self.connect(websocket, client_id or uuid.uuid4().hex[:16], principal)
         await session.run()
 
     def forget(self, session: Session) -> None:
@@ -175,7 +211,70 @@ class WebSocketManager:
         self._reader().want(self._wanted())
 
     def _wanted(self) -> ReaderFilter:
-        return ReaderFilter(frozenset(self.index.channels()))
+        channels = frozenset(self.index.channels())
+        if self._owner_source is not None:
+            # Every job.created, for the owners of the jobs this replica hands out.
+            channels |= {JOBS_CHANNEL}
+        return ReaderFilter(channels)
+
+    # --- who may see what ------------------------------------------------------------------
+
+    def authenticate(self, token: str) -> Principal:
+        """The principal of a token sent on an open socket (``auth``)."""
+        if self._authenticator is None:
+            raise AuthError("this gateway takes no tokens (--no-auth)")
+        return self._authenticator(token)
+
+    async def owners_ready(self) -> None:
+        """Know the owner of every job registered so far (once per replica)."""
+        if self._owner_source is None:
+            return
+        if self._owners_loaded is None:
+            self._owners_loaded = asyncio.ensure_future(self._load_owners())
+        try:
+            await asyncio.shield(self._owners_loaded)
+        except Exception:
+            self._owners_loaded = None  # the next subscribe tries again
+            raise
+
+    async def _load_owners(self) -> None:
+        assert self._owner_source is not None
+        self.owners.learn(await self._owner_source(None))
+
+    async def owner_of(self, job_id: str) -> str | None:
+        """The owner of ``job_id``, asking the controller when this replica does not know."""
+        await self.owners_ready()
+        owner = self.owners.get(job_id)
+        if owner is None and self._owner_source is not None:
+            self.owners.learn(await self._owner_source([job_id]))
+            owner = self.owners.get(job_id)
+        return owner
+
+    async def authorize_channels(self, principal: Principal, channels: Iterable[str]) -> None:
+        """Raise :class:`ForbiddenError` unless ``principal`` may subscribe to each channel:
+        ``audit`` is for admins, a job's channel for those who may see its owner."""
+        if principal.is_admin:
+            return
+        await self.owners_ready()
+        for channel in channels:
+            if not principal.may_subscribe(channel):
+                raise ForbiddenError(f"the {channel!r} channel is for admins")
+            if channel.startswith(JOB_CHANNEL_PREFIX):
+                job_id = channel[len(JOB_CHANNEL_PREFIX) :]
+                if not principal.may_see_owner(await self.owner_of(job_id)):
+                    raise ForbiddenError(f"you may not see job {job_id!r}")
+
+    async def authorize_command(self, principal: Principal, job_id: str) -> None:
+        """Raise :class:`ForbiddenError` unless ``principal`` may control ``job_id``."""
+        if principal.is_admin:
+            return
+        owner = await self.owner_of(job_id)
+        if not principal.may_control(owner):
+            if principal.may_see_owner(owner):
+                raise ForbiddenError(
+                    f"a {principal.role.value} may not control job {job_id!r} (owner {owner})"
+                )
+            raise ForbiddenError(f"you may not see job {job_id!r}")
 
     async def replay(
         self,
@@ -190,9 +289,12 @@ class WebSocketManager:
     async def snapshot(self, job_id: str) -> dict[str, Any] | None:
         return await self._snapshots(job_id) if self._snapshots is not None else None
 
-    async def run_command(self, msg: JobCommand, client_id: str) -> dict[str, Any]:
+    async def run_command(
+        self, msg: JobCommand, client_id: str, principal: Principal = SHARED_ADMIN
+    ) -> dict[str, Any]:
         if self._commands is None:
             raise ControlPlaneError("this process cannot run job commands")
+        await self.authorize_command(principal, msg.job_id)
         return await self._commands(msg, client_id)
 
     # --- fan-out -------------------------------------------------------------------------
@@ -201,6 +303,8 @@ class WebSocketManager:
         """Hand each entry to the sessions it is for (the hub reader calls this)."""
         sessions, recipients = self.sessions, self.index.recipients
         for entry in entries:
+            if entry.type == CREATED:
+                self.owners.learn_entries((entry,))
             for client_id in recipients(entry):
                 session = sessions.get(client_id)
                 if session is not None:

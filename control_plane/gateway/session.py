@@ -33,13 +33,17 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from control_plane.core.errors import ControlPlaneError
+from control_plane.core.errors import AuthError, ControlPlaneError, ForbiddenError
 from control_plane.core.heartbeat import Heartbeat, HeartbeatLimits, Verdict
 from control_plane.core.hub_log import LogEntry
 from control_plane.core.outbox import Outbox
+from control_plane.core.owners import may_receive
+from control_plane.core.principals import Principal
 from control_plane.core.protocol import (
     JOB_CHANNEL_PREFIX,
+    Auth,
     BadFrame,
+    Broadcast,
     ClientMessage,
     CloseCode,
     JobCommand,
@@ -96,11 +100,19 @@ class SessionState(StrEnum):
 
 
 class Session:
-    def __init__(self, manager: WebSocketManager, websocket: WebSocket, client_id: str) -> None:
+    def __init__(
+        self,
+        manager: WebSocketManager,
+        websocket: WebSocket,
+        client_id: str,
+        principal: Principal,
+    ) -> None:
         self.manager = manager
         self.config = manager.config
         self.websocket = websocket
         self.client_id = client_id
+        self.principal = principal
+        self._expiry: asyncio.TimerHandle | None = None
         self.state = SessionState.OPEN
         self.outbox = Outbox(self.config.send_queue_size)
         self.heartbeat = Heartbeat(time.monotonic())
@@ -139,6 +151,8 @@ class Session:
         except* Exception:
             logger.exception("socket %s failed", self.client_id)
         finally:
+            if self._expiry is not None:
+                self._expiry.cancel()
             for request in self._requests:
                 request.cancel()
             if self._catcher is not None:
@@ -154,6 +168,10 @@ class Session:
     def offer(self, entry: LogEntry) -> None:
         """A live entry for this socket (from the replica's hub reader)."""
         if self.closing:
+            return
+        if not self.principal.is_admin and not may_receive(
+            self.principal, entry, self.manager.owners
+        ):
             return
         offer = self.seam.live(entry)
         if offer is Offer.SEND:
@@ -198,7 +216,7 @@ class Session:
                 if not reply["recovered"] or reply["epoch"] != self.manager.epoch:
                     self._slow(f"fell behind the history (after {after}, oldest {reply['oldest']})")
                     return
-                entries, drain = seam.caught_up(reply["entries"], upto, last)
+                entries, drain = seam.caught_up(self._visible(reply["entries"]), upto, last)
                 for entry in entries:
                     if not await self._put(entry):
                         return
@@ -310,11 +328,19 @@ class Session:
                 channels = sorted(self.manager.index.channels_of(self.client_id))
                 self.reply(ack(msg.id, channels=channels))
             elif isinstance(msg, JobCommand):
-                result = await self.manager.run_command(msg, self.client_id)
-                self.reply(ack(msg.id, job_id=msg.job_id, command=msg.command, **result))
+                await self._command(msg)
+            elif isinstance(msg, Auth):
+                self._refresh(msg)
+            elif isinstance(msg, Broadcast):
+                if not self.principal.is_admin:
+                    raise ForbiddenError("broadcast is for admins")
+                seq = await self.manager.broadcast(msg.event)
+                self.reply(ack(msg.id, seq=seq))
         except asyncio.CancelledError:
             raise
         except ControlPlaneError as e:
+            if isinstance(e, ForbiddenError | AuthError):
+                self._audit(msg.type, e.code, job_id=getattr(msg, "job_id", None), detail=e.message)
             self.reply(error_reply(msg.id, e.code, e.message))
         except Exception as e:
             logger.exception("request %r failed", msg)
@@ -323,6 +349,7 @@ class Session:
     async def subscribe(self, msg: Subscribe) -> None:
         """Each ``job:<id>`` channel's snapshot, the ack, the replay (with ``since``), then
         live events; live events that come meanwhile are held and merged in by seq."""
+        await self.manager.authorize_channels(self.principal, msg.channels)
         if self.state is SessionState.OPEN:
             self.state = SessionState.SUBSCRIBED
         self.heartbeat.subscribed = True
@@ -342,7 +369,7 @@ class Session:
                 live_from = reply["head"]
             start = msg.since if reply["recovered"] else reply["oldest"] - 1
             replayed, drain = self.seam.replayed(
-                msg.channels, reply["entries"], start=start, live_from=live_from
+                msg.channels, self._visible(reply["entries"]), start=start, live_from=live_from
             )
             self.reply(
                 self._ack(
@@ -374,6 +401,60 @@ class Session:
         finally:
             if self.seam.snapshots_sent() and not self.closing:
                 await self._drain()
+
+    async def _command(self, msg: JobCommand) -> None:
+        try:
+            result = await self.manager.run_command(msg, self.client_id, self.principal)
+        except ForbiddenError:
+            raise  # _handle records the refusal
+        except ControlPlaneError as e:
+            self._audit(msg.type, e.code, job_id=msg.job_id)
+            raise
+        except Exception:
+            self._audit(msg.type, "internal_error", job_id=msg.job_id)
+            raise
+        self._audit(msg.type, "ok", job_id=msg.job_id)
+        self.reply(ack(msg.id, job_id=msg.job_id, command=msg.command, **result))
+
+    # --- who is asking ---------------------------------------------------------------------
+
+    def _visible(self, entries: list[LogEntry]) -> list[LogEntry]:
+        """What of a replay or a round of history this socket's principal may receive."""
+        if self.principal.is_admin:
+            return entries
+        owners = self.manager.owners
+        return [e for e in entries if may_receive(self.principal, e, owners)]
+
+    def watch_expiry(self) -> None:
+        """Close with 4401 when the principal's token expires (a refresh moves it)."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        expires_at = self.principal.expires_at
+        if expires_at is None:
+            return
+        delay = max(0.0, expires_at - time.time())
+        self._expiry = asyncio.get_running_loop().call_later(delay, self._expired)
+
+    def _expired(self) -> None:
+        self._audit("session", "expired")
+        self.close_soon(CloseCode.UNAUTHORIZED, "token expired")
+
+    def _refresh(self, msg: Auth) -> None:
+        """A new token for this socket: the same subject, any role its token gives."""
+        principal = self.manager.authenticate(msg.token)
+        if principal.sub != self.principal.sub:
+            raise ForbiddenError(
+                f"a socket opened as {self.principal.sub!r} cannot continue as {principal.sub!r}"
+            )
+        self.principal = principal
+        self.watch_expiry()
+        self.reply(ack(msg.id, principal=principal.public()))
+
+    def _audit(self, action: str, outcome: str, **fields: Any) -> None:
+        self.manager.audit.record(
+            self.principal.sub, action, outcome, client_id=self.client_id, **fields
+        )
 
     def _ack(self, msg: Subscribe, **data: Any) -> dict[str, Any]:
         channels = sorted(self.manager.index.channels_of(self.client_id))

@@ -96,13 +96,17 @@ async def test_the_page_url_sets_a_cookie_that_same_origin_sockets_use(
         assert (await http.get("/")).status_code == 401
         response = await http.get(f"/?token={TOKEN}")
         assert response.status_code == 303
-        cookie = response.cookies["cp_token"]
-        page = await http.get("/", headers={"Cookie": f"cp_token={cookie}"})
+        name = f"cp_session_{plane.port}"
+        cookie = response.cookies[name]
+        # A signed session token, not the token the URL carried, and not for ever.
+        assert TOKEN not in cookie and cookie.count(".") == 2
+        assert "Max-Age=43200" in response.headers["set-cookie"]
+        page = await http.get("/", headers={"Cookie": f"{name}={cookie}"})
         assert page.status_code == 200 and "WebSocket" in page.text
     sock = await TestSocket.open(
         f"ws://{host}:{plane.port}/ws",
         None,
-        headers={"Cookie": f"cp_token={cookie}"},
+        headers={"Cookie": f"{name}={cookie}"},
         origin=base,
     )
     await sock.send({"type": "ping", "id": "c"})

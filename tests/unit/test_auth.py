@@ -7,18 +7,25 @@ import stat
 import pytest
 
 from control_plane.core.errors import AuthError
+from control_plane.core.principals import SHARED_ADMIN, Role
+from control_plane.core.tokens import Credentials
 from control_plane.gateway import auth
 from control_plane.gateway.auth import (
-    COOKIE_NAME,
     TOKEN_ENV,
+    allowed_hosts,
     authenticate,
     bearer_token,
+    check_host,
     check_no_auth_allowed,
     check_origin,
+    cookie_name,
+    host_name,
     resolve_token,
 )
 
 TOKEN = "s3cret-token"
+CREDENTIALS = Credentials.from_token(TOKEN)
+COOKIE_NAME = cookie_name(8000)
 
 
 @pytest.fixture(autouse=True)
@@ -147,22 +154,40 @@ def test_a_star_allows_every_origin_but_null():
 # --- authenticate ---------------------------------------------------------------------------
 
 
-def check(headers=None, cookies=None, query=None, expected: str | None = TOKEN) -> None:
-    authenticate(expected=expected, headers=headers or {}, cookies=cookies or {}, query=query or {})
+def check(headers=None, cookies=None, query=None, credentials=CREDENTIALS):
+    return authenticate(
+        credentials=credentials,
+        headers=headers or {},
+        cookies=cookies or {},
+        query=query or {},
+        cookie=COOKIE_NAME,
+    )
 
 
-def test_a_bearer_token_authenticates():
-    check(headers={"authorization": f"Bearer {TOKEN}"})
-    check(headers={"authorization": f"bearer {TOKEN}"})
+def test_a_bearer_token_authenticates_as_the_shared_admin():
+    assert check(headers={"authorization": f"Bearer {TOKEN}"}) is SHARED_ADMIN
+    assert check(headers={"authorization": f"bearer {TOKEN}"}) is SHARED_ADMIN
 
 
-def test_the_cookie_authenticates():
-    check(cookies={COOKIE_NAME: TOKEN})
-    assert COOKIE_NAME == "cp_token"
+def test_the_cookie_authenticates_and_is_named_for_the_port():
+    session = CREDENTIALS.session_token(SHARED_ADMIN, 60)
+    assert session != TOKEN
+    principal = check(cookies={COOKIE_NAME: session})
+    assert (principal.sub, principal.role) == ("admin", Role.ADMIN)
+    assert COOKIE_NAME == "cp_session_8000" and cookie_name(8001) != COOKIE_NAME
+    with pytest.raises(AuthError):  # another gateway's cookie is not this one's
+        check(cookies={cookie_name(8001): session})
 
 
 def test_a_query_token_authenticates():
     check(query={"token": TOKEN})
+
+
+def test_a_signed_token_authenticates_as_its_principal():
+    token = CREDENTIALS.sign("alice", "operator", 60, ["bob"])
+    principal = check(headers={"authorization": f"Bearer {token}"})
+    assert principal.sub == "alice" and principal.role is Role.OPERATOR
+    assert principal.see == {"alice", "bob"} and principal.expires_at is not None
 
 
 def test_one_right_place_is_enough():
@@ -189,8 +214,8 @@ def test_a_missing_or_wrong_token_is_refused(kwargs):
     assert info.value.code == "unauthorized"
 
 
-def test_no_auth_lets_everyone_in():
-    check(expected=None)
+def test_no_auth_lets_everyone_in_as_the_admin():
+    assert check(credentials=None) is SHARED_ADMIN
 
 
 def test_bearer_token_parsing():
@@ -203,12 +228,61 @@ def test_bearer_token_parsing():
 # --- --no-auth ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2", ""])
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"])
 def test_no_auth_is_allowed_on_loopback(host):
     check_no_auth_allowed(host)
 
 
-@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.10", "example.com", "10.0.0.1"])
+@pytest.mark.parametrize("host", ["", "0.0.0.0", "::", "192.168.1.10", "example.com", "10.0.0.1"])
 def test_no_auth_is_refused_on_other_addresses(host):
     with pytest.raises(AuthError, match="--no-auth"):
         check_no_auth_allowed(host)
+
+
+# --- Host allowlist (DNS rebinding) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "name"),
+    [
+        ("localhost:8000", "localhost"),
+        ("127.0.0.1", "127.0.0.1"),
+        ("[::1]:8000", "::1"),
+        ("Plane.Example.COM:443", "plane.example.com"),
+        ("::1", "::1"),
+    ],
+)
+def test_host_names_are_read_without_the_port(header, name):
+    assert host_name(header) == name
+
+
+def test_a_loopback_gateway_answers_loopback_names_and_configured_ones_only():
+    allowed = allowed_hosts("127.0.0.1", ["plane.example.com"])
+    for header in ("localhost:8000", "127.0.0.1:8000", "[::1]:8000", "plane.example.com"):
+        check_host(header, allowed)
+    for header in ("evil.example:8000", "127.0.0.1.evil.example", "", None):
+        with pytest.raises(AuthError):
+            check_host(header, allowed)
+
+
+def test_a_rebinding_page_is_refused_even_when_it_resolves_to_us():
+    # The page at http://attacker.example:8000 resolves its name to 127.0.0.1: the browser
+    # sends Host: attacker.example:8000 (and a matching Origin, which the Origin rule passes).
+    allowed = allowed_hosts("127.0.0.1", [])
+    check_origin("http://attacker.example:8000", "attacker.example:8000")
+    with pytest.raises(AuthError, match="Host"):
+        check_host("attacker.example:8000", allowed)
+
+
+def test_a_gateway_on_every_interface_answers_the_nodes_address():
+    allowed = allowed_hosts("0.0.0.0", [], node_ip="10.0.0.5")
+    check_host("10.0.0.5:8000", allowed)
+    with pytest.raises(AuthError):
+        check_host("10.0.0.6:8000", allowed)
+    check_host("anything:1", allowed_hosts("0.0.0.0", ["*"]))
+
+
+def test_a_non_ascii_origin_is_refused_with_a_short_message():
+    with pytest.raises(AuthError) as info:
+        check_origin("http://" + "é" * 500, "localhost:8000")
+    assert len(info.value.message.encode()) < 200

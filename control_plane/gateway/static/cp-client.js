@@ -33,9 +33,10 @@
     "job.resumed", "job.cancelled", "job.restarted", "job.suspended"];
   // protocol.CloseCode, by its members' names in lower case.
   var CLOSE_CODES = {normal: 1000, too_big: 1009, server_error: 1011, restarting: 1012,
-    no_subscribe: 4001, slow_consumer: 4008, unauthorized: 4401, forbidden_origin: 4403};
+    no_subscribe: 4001, slow_consumer: 4008, bad_request: 4400, unauthorized: 4401,
+    forbidden_origin: 4403};
   // The codes of CloseCode whose retry is false: coming back as it is would end the same way.
-  var NO_RETRY = [1009, 4401, 4403];
+  var NO_RETRY = [1009, 4400, 4401, 4403];
   // protocol.REFUSAL_CODES: the token or the page's origin was refused.
   var REFUSED = [4401, 4403];
   // protocol.NETWORK_LOSS: RFC 6455's code for a socket that ended without a close frame.
