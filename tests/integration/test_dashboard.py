@@ -14,6 +14,7 @@ import statistics
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import pytest
 
 import control_plane
 from control_plane.core.errors import ControlPlaneError
+from control_plane.core.tokens import Credentials
 from tests.conftest import TOKEN
 from tests.integration.chromium import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, needs_chromium
 from tests.integration.test_client import hub_log
@@ -67,8 +69,9 @@ class Dashboard:
         return path
 
 
-@pytest.fixture
-async def dash(plane: Any, tmp_path: Path) -> AsyncIterator[Dashboard]:
+@asynccontextmanager
+async def dashboard(plane: Any, shots: Path, token: str = TOKEN) -> AsyncIterator[Dashboard]:
+    """A browser whose context opened the printed URL (with ``token``): it holds the cookie."""
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
@@ -76,15 +79,21 @@ async def dash(plane: Any, tmp_path: Path) -> AsyncIterator[Dashboard]:
         context = await browser.new_context(viewport=DESKTOP)
         context.set_default_timeout(WAIT_MS)
         first = await context.new_page()
-        response = await first.goto(plane.url)  # the printed URL, with the token
+        response = await first.goto(f"{plane.base_url}/?token={token}")
         assert response is not None and response.ok
         await first.close()
-        board = Dashboard(context, plane.base_url, tmp_path)
+        board = Dashboard(context, plane.base_url, shots)
         try:
             yield board
         finally:
             await browser.close()
         assert board.errors == []
+
+
+@pytest.fixture
+async def dash(plane: Any, tmp_path: Path) -> AsyncIterator[Dashboard]:
+    async with dashboard(plane, tmp_path) as board:
+        yield board
 
 
 async def state_is(tab: Any, state: str) -> None:
@@ -295,10 +304,13 @@ async def test_after_a_server_side_close_the_page_reconnects_and_misses_no_event
     tab = await dash.page(f"/#/jobs/{job.job_id}")
     await tab.evaluate(WATCH_INDICATOR)
     await tab.wait_for_function("document.querySelectorAll('#d-timeline tr').length >= 10")
-    # A socket with the page's client id replaces the page's: the server closes it (1000).
+    # A socket of the page's principal with the page's client id replaces the page's: the
+    # server closes it (1000).
     ids = await tab.evaluate("[dashboard.main.clientId, dashboard.detail.client.clientId]")
+    who = await tab.evaluate("dashboard.principal")
+    token = Credentials.from_token(TOKEN).sign(who["sub"], who["role"], 600)
     intruders = [
-        await TestSocket.open(f"{plane.ws_url}?client_id={client_id}", TOKEN) for client_id in ids
+        await TestSocket.open(f"{plane.ws_url}?client_id={client_id}", token) for client_id in ids
     ]
     await tab.wait_for_function("connStates.includes('reconnecting')")
     await tab.wait_for_function("document.getElementById('conn').dataset.state === 'connected'")
@@ -439,3 +451,40 @@ async def test_the_indicator_says_offline_when_the_network_goes_and_recovers(
     await dash.context.set_offline(False)
     await tab.wait_for_function("document.getElementById('conn').dataset.state === 'connected'")
     assert (await tab.evaluate("connStates"))[0] == "offline"
+
+
+async def test_a_viewer_gets_no_controls_and_an_operator_controls_its_own_jobs(
+    plane: Any, tmp_path: Path
+) -> None:
+    credentials = Credentials.from_token(TOKEN)
+    mine = control_plane.submit(
+        "jobs.examples:countdown", steps=100_000, delay=0.05, job_owner="alice"
+    )
+    theirs = control_plane.submit(
+        "jobs.examples:countdown", steps=100_000, delay=0.05, job_owner="carol"
+    )
+    try:
+        viewer = credentials.sign("bob", "viewer", 600, ("alice",))
+        async with dashboard(plane, tmp_path, viewer) as board:
+            tab = await board.page(f"/#/jobs/{mine.job_id}")
+            await state_is(tab, "running")
+            assert await tab.text_content("#who") == "bob (viewer)"
+            assert await enabled(tab) == []
+            assert await tab.is_hidden("#submit-form")
+        operator = credentials.sign("alice", "operator", 600, ("carol",))
+        async with dashboard(plane, tmp_path, operator) as board:
+            tab = await board.page(f"/#/jobs/{theirs.job_id}")
+            await state_is(tab, "running")
+            assert await enabled(tab) == []  # carol's: alice sees it, steers it not
+            await tab.goto(f"{plane.base_url}/#/jobs/{mine.job_id}")
+            await tab.wait_for_function(
+                "(id) => document.getElementById('d-id').textContent === id", arg=mine.job_id
+            )
+            await state_is(tab, "running")
+            assert await enabled(tab) == ["cancel", "pause", "suspend"]
+            assert (await press(tab, "pause")).startswith("ack: paused")
+            assert await tab.is_visible("#submit-form")
+    finally:
+        for job in (mine, theirs):
+            with contextlib.suppress(ControlPlaneError):
+                job.cancel()
