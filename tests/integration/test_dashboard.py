@@ -277,9 +277,9 @@ async def test_rest_submits_registered_types_only_with_checked_parameters(plane:
         ({"type": "countdown", "params": {"steps": 1.5}}, "steps must be int"),
         ({"type": "countdown", "target": "os:system"}, "unknown field target"),
     ]:
-        status, reply = rest(plane, "POST", "/api/jobs", body)
+        status, reply = rest(plane, "POST", "/api/submit", body)
         assert status == 422 and says in reply["detail"], (body, reply)
-    status, reply = rest(plane, "POST", "/api/jobs", {"type": "fail", "params": {"after": 1}})
+    status, reply = rest(plane, "POST", "/api/submit", {"type": "fail", "params": {"after": 1}})
     assert status == 201 and reply["name"] == "fail" and reply["owner"] == "admin"
     with pytest.raises(Exception, match="failed on purpose"):
         await asyncio.to_thread(control_plane.get_job(reply["job_id"]).wait, 60)

@@ -622,7 +622,7 @@
       return;
     }
     out.textContent = "submitting…";
-    fetch("/api/jobs", {method: "POST", credentials: "same-origin",
+    fetch("/api/submit", {method: "POST", credentials: "same-origin",
       headers: {"Content-Type": "application/json"},
       body: JSON.stringify({type: $("submit-type").value, params: params})})
       .then(function (r) {
