@@ -70,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
             help="a Host name clients use beside loopback and the bound address (a DNS name, "
             "a load balancer's); others are refused, against DNS rebinding",
         )
+        p.add_argument(
+            "--job-type",
+            action="append",
+            default=[],
+            metavar="MODULE:FUNCTION",
+            help="a job type the dashboard's submit form offers, beside the examples",
+        )
         p.add_argument("--metrics-interval", type=float, default=5.0, metavar="SECONDS")
         # Also after the subcommand (``serve --log-format json``); the global one is the default.
         p.add_argument("--log-format", choices=("text", "json"), default=argparse.SUPPRESS)
@@ -269,6 +276,7 @@ def _serve(args: argparse.Namespace) -> int:
         state_dir=args.state_dir,
         history_age=args.history_age,
         socket=SocketConfig(**_kv(args.socket_option)) if args.socket_option else None,
+        job_types=args.job_type,
         **{
             name: value
             for name, value in (

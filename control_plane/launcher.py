@@ -21,6 +21,7 @@ from ray import serve
 from control_plane.actors import runtime
 from control_plane.actors.controller import ensure_controller
 from control_plane.actors.hub import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, ensure_hub
+from control_plane.core.job_types import DEFAULT_TYPES, JobTypes
 from control_plane.core.limits import DEFAULT_MAX_EVENT_BYTES
 from control_plane.core.system import SystemConfig
 from control_plane.core.tokens import Credentials
@@ -78,6 +79,7 @@ def start(
     history_age: float | None = None,
     history_bytes: int | None = DEFAULT_HISTORY_BYTES,
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    job_types: Iterable[str] = (),
 ) -> ControlPlaneInfo:
     """Make sure Ray, the EventHub, the controller and the gateway run; return where.
 
@@ -89,6 +91,8 @@ def start(
     (``control_plane/actors/state_dir.py`` says the default). The hub keeps the newest
     ``history`` events of at most ``history_bytes`` bytes, and with ``history_age`` none
     older than that many seconds; it refuses events over ``max_event_bytes``.
+    ``job_types`` (``module:function``) are offered by the page's submit form beside the
+    examples.
     """
     global _info
     if _info is not None and ray.is_initialized():
@@ -113,6 +117,7 @@ def start(
             history_age=history_age,
             history_bytes=history_bytes,
             max_event_bytes=max_event_bytes,
+            job_types=job_types,
         )
     except BaseException:
         if started_ray:  # leave nothing behind that the caller cannot see
@@ -143,7 +148,10 @@ def _start_on_ray(
     history_age: float | None = None,
     history_bytes: int | None = DEFAULT_HISTORY_BYTES,
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    job_types: Iterable[str] = (),
 ) -> ControlPlaneInfo:
+    registered = [*DEFAULT_TYPES, *job_types]
+    JobTypes(registered)  # a --job-type that does not load fails here, not in the replica
     if no_auth:
         auth.check_no_auth_allowed(host)
         token_value = None
@@ -175,6 +183,7 @@ def _start_on_ray(
             port=port,
             num_replicas=replica_count(num_replicas),
             port_span=port_span,
+            job_types=registered,
         )
         serve.run(build_app(config), name=runtime.SERVE_APP_NAME, route_prefix=None)
     info = ControlPlaneInfo(host, port, token_value, started_ray)

@@ -177,8 +177,10 @@ class JobActor:
                 with contextlib.suppress(PublishError):  # the cancel is what ended it
                     await self._wrap_up()
                 raise JobCancelledError(job_id, forced=control.forced) from None
-            await self._finish(Trigger.FAIL, error=error, cause=e)
-            raise JobFailedError(job_id, error, traceback.format_exc()) from e
+            trace = traceback.format_exc()
+            # the page folds it under the error; the tail says where it was raised
+            await self._finish(Trigger.FAIL, error=error, cause=e, traceback=trace[-8000:])
+            raise JobFailedError(job_id, error, trace) from e
         if control.state is JobState.CANCELLED:  # killed meanwhile; the result is void
             raise JobCancelledError(job_id, forced=control.forced)
         await self._finish(Trigger.COMPLETE, result=result_preview(value))

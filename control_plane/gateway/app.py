@@ -15,7 +15,7 @@ from typing import Any, Literal, get_args
 
 import ray
 from fastapi import FastAPI, HTTPException, Request, WebSocket
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from ray import serve
 
 from control_plane.actors import gateway_directory, runtime
@@ -28,6 +28,7 @@ from control_plane.core.errors import (
     ForbiddenError,
     JobNotFoundError,
 )
+from control_plane.core.job_types import DEFAULT_TYPES, JobTypeError, JobTypes
 from control_plane.core.limits import close_reason
 from control_plane.core.principals import Principal
 from control_plane.core.protocol import CloseCode, JobCommand, encode, error_reply
@@ -41,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 DEPLOYMENT_NAME = "gateway"
 STATIC = resources.files("control_plane.gateway").joinpath("static")
-STATIC_TYPES = {"js": "text/javascript", "css": "text/css"}
+STATIC_TYPES = {"js": "text/javascript", "css": "text/css", "svg": "image/svg+xml"}
 CLIENT_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 Command = Literal["pause", "resume", "cancel", "suspend"]
 COMMANDS = get_args(Command)
@@ -72,6 +73,8 @@ class GatewayConfig:
     # Ports ``port .. port+port_span-1``: each replica listens on the first one free on its
     # node (nodes that share an address, as on one test machine, need one each).
     port_span: int = 1
+    # What the page's submit form offers: ``module:function`` strings (--job-type).
+    job_types: list[str] = field(default_factory=lambda: list(DEFAULT_TYPES))
 
 
 app = FastAPI(
@@ -122,6 +125,7 @@ class Gateway:
         self._config = config
         logs.configure_actor()
         self._controller = runtime.controller()
+        self._job_types = JobTypes(config.job_types)
         self._manager = get_ws_manager()
         self._credentials = auth.load_credentials() if config.auth else None
         self._hosts = auth.allowed_hosts(
@@ -338,6 +342,37 @@ class Gateway:
             self._audit.record(principal.sub, "read_job", "forbidden", job_id=job_id, via="http")
             raise HTTPException(403, f"you may not see job {job_id!r}")
         return status
+
+    @app.get(
+        "/api/job-types", summary="The job types the caller may submit", responses=_refusals(401)
+    )
+    async def api_job_types(self, request: Request) -> JSONResponse:
+        self._guard(request)
+        return JSONResponse(self._job_types.public())
+
+    # Not in the OpenAPI document: its body is checked against the registered types, which
+    # a static schema cannot name, and a fuzzer given one would start real jobs. Not
+    # ``POST /api/jobs`` either: an undocumented method on a documented path must be a 405.
+    @app.post("/api/submit", status_code=201, include_in_schema=False)
+    async def api_submit(self, request: Request) -> JSONResponse:
+        """Submit a registered job type: ``{"type": name, "params": {...}}``; the browser never
+        names a ``module:function`` of its own."""
+        principal = self._guard(request)
+        if not principal.may_submit():
+            self._audit.record(principal.sub, "submit", "forbidden", via="http")
+            raise HTTPException(403, f"{principal.role.value} may not submit jobs")
+        try:
+            job_type, kwargs = self._job_types.resolve(await request.json())
+        except ValueError as e:  # the body is not JSON
+            raise HTTPException(422, f"the body is not JSON: {e}") from e
+        except JobTypeError as e:
+            raise HTTPException(422, e.message) from e
+        job_id, _ = await self._controller.submit.remote(
+            job_type.target, (), kwargs, job_type.name, principal.sub
+        )
+        self._audit.record(principal.sub, "submit", "ok", job_id=job_id, via="http")
+        status = await self._controller.get_status.remote(job_id)
+        return JSONResponse(_status_dict(status), status_code=201)
 
     def _guard(self, request: Request) -> Principal:
         try:

@@ -3,6 +3,7 @@
  *   <script src="/static/cp-client.js"></script>
  *   const cp = new ControlPlaneClient();              // ws(s)://<this host>/ws, cookie auth
  *   cp.onState((state) => ...);                       // connecting|connected|reconnecting|closed
+ *   cp.on("welcome", (data) => ...);                  // each connection's welcome (principal)
  *   cp.on("job.progress", (event) => ...);            // or cp.onEvent(event => ...) for all
  *   await cp.connect();
  *   await cp.subscribe(["job:" + jobId, "jobs"], {since: 0});
@@ -101,6 +102,8 @@
       this.duplicates = 0;
       this.reconnects = 0;
       this.error = null; // why the client closed for good
+      this.welcome = null; // the last welcome frame's data (client_id, epoch, principal, ...)
+      this.nextRetryAt = null; // while reconnecting: Date.now() of the next attempt
       // channel -> where it resumes: the last seq seen on it, or the seq it started from.
       // Per channel, because only within a channel do events arrive in seq order.
       this.cursors = new Map();
@@ -327,10 +330,13 @@
       if (this.state === "connected") this._setState("reconnecting");
       this._attempt = session.connected ? 0 : this._attempt + 1;
       var delay = Math.min(this.backoffMax, this.backoffInitial * Math.pow(2, this._attempt));
+      var wait = delay / 2 + Math.random() * delay / 2;
+      this.nextRetryAt = Date.now() + wait;
       this._retryTimer = setTimeout(() => {
+        this.nextRetryAt = null;
         this.reconnects += 1;
         this._open();
-      }, delay / 2 + Math.random() * delay / 2);
+      }, wait);
     }
 
     _finish(error) {
@@ -352,7 +358,9 @@
           return this._onReply(frame, data);
         case "welcome":
           if (this.epoch == null) this.epoch = data.epoch;
+          this.welcome = data;
           session.welcome(data);
+          this._dispatch("welcome", data);
           return;
         default:
           return this._onEvent(frame);
