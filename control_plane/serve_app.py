@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from control_plane.actors.controller import ensure_controller
 from control_plane.actors.hub import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, ensure_hub
+from control_plane.core.job_types import DEFAULT_TYPES, JobTypes
 from control_plane.core.limits import DEFAULT_MAX_EVENT_BYTES
 from control_plane.core.tokens import Credentials
 from control_plane.gateway import auth
@@ -41,6 +42,7 @@ class GatewayArgs(BaseModel):
     state_dir: str | None = None
     allowed_origins: list[str] = Field(default_factory=list)
     allowed_hosts: list[str] = Field(default_factory=list)
+    job_types: list[str] = Field(default_factory=list)  # module:function, beside the examples
     no_auth: bool = False
     socket: dict[str, Any] = Field(default_factory=dict)  # SocketConfig's fields
 
@@ -69,5 +71,7 @@ def app_builder(args: dict[str, Any]) -> Any:
         port=given.port,
         num_replicas=replica_count(given.replicas),
         port_span=given.port_span,
+        job_types=[*DEFAULT_TYPES, *given.job_types],
     )
+    JobTypes(config.job_types)  # a type that does not load fails here, not in the replica
     return build_app(config)
