@@ -102,7 +102,7 @@ async def test_the_page_url_sets_a_cookie_that_same_origin_sockets_use(
         assert TOKEN not in cookie and cookie.count(".") == 2
         assert "Max-Age=43200" in response.headers["set-cookie"]
         page = await http.get("/", headers={"Cookie": f"{name}={cookie}"})
-        assert page.status_code == 200 and "WebSocket" in page.text
+        assert page.status_code == 200 and "/static/cp-client.js" in page.text
     sock = await TestSocket.open(
         f"ws://{host}:{plane.port}/ws",
         None,
