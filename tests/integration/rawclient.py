@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+import httpx
 import websockets
 from websockets.asyncio.client import ClientConnection
 
@@ -384,3 +385,12 @@ class RawClient:
             unexpected=sorted(set(got) - want),
             disorder=disorder,
         )
+
+
+async def healthz(plane: Any, timeout: float = 10.0) -> dict[str, Any]:
+    """The gateway's ``/healthz`` (its pid, sockets and counters)."""
+    async with httpx.AsyncClient(base_url=plane.base_url, timeout=timeout) as http:
+        response = await http.get("/healthz")
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body

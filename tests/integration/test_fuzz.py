@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import httpx
 import psutil
 import pytest
 import ray
@@ -36,7 +35,7 @@ import control_plane
 from control_plane.actors import runtime
 from control_plane.core.errors import JobFailedError
 from tests.conftest import TOKEN
-from tests.integration.rawclient import RawClient, is_event
+from tests.integration.rawclient import RawClient, healthz, is_event
 
 pytestmark = pytest.mark.ray
 
@@ -296,14 +295,6 @@ class Fuzzer:
                 await self._reader
 
 
-async def healthz(plane: Any) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=plane.base_url, timeout=30) as http:
-        response = await http.get("/healthz")
-        response.raise_for_status()
-        body: dict[str, Any] = response.json()
-        return body
-
-
 def latencies(client: RawClient, since: float, until: float) -> list[float]:
     """Seconds from each job.progress event's timestamp to its reading, for events read in
     ``[since, until)`` (monotonic times)."""
@@ -321,7 +312,7 @@ async def test_ten_thousand_fuzzed_frames_get_replies_or_documented_closes_and_h
     plane: Any,
 ) -> None:
     actions_list = draw_actions(FRAMES)
-    pid_before = (await healthz(plane))["pid"]
+    pid_before = (await healthz(plane, timeout=30))["pid"]
     job = control_plane.submit("jobs.examples:countdown", steps=200_000, delay=0.02)
     channel = f"job:{job.job_id}"
     healthy = RawClient(plane.ws_url, TOKEN, max_queue=1024)
@@ -349,7 +340,7 @@ async def test_ten_thousand_fuzzed_frames_get_replies_or_documented_closes_and_h
 
     job.cancel()
     await healthy.wait_until(lambda: healthy.types[(channel, "job.cancelled")] > 0, 120)
-    health = await healthz(plane)
+    health = await healthz(plane, timeout=30)
     reply = await runtime.hub().replay.remote(0, [channel])
     expected = [e.seq for e in reply["entries"] if e.channel == channel]
     audit = healthy.audit(expected, [channel])

@@ -27,7 +27,7 @@ import ray
 
 import control_plane
 from tests.conftest import METRICS_PORT, TOKEN
-from tests.integration.rawclient import RawClient
+from tests.integration.rawclient import RawClient, healthz
 
 pytestmark = pytest.mark.ray
 
@@ -74,14 +74,6 @@ async def scrape() -> tuple[str, Samples]:
         response = await http.get(METRICS_URL)
         response.raise_for_status()
         return response.text, parse(response.text)
-
-
-async def healthz(plane: Any) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=plane.base_url, timeout=10) as http:
-        response = await http.get("/healthz")
-        response.raise_for_status()
-        body: dict[str, Any] = response.json()
-        return body
 
 
 async def slow_closed(plane: Any) -> int:

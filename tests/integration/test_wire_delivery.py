@@ -32,7 +32,7 @@ import control_plane.websocket
 from control_plane.actors import runtime
 from control_plane.core.hub_log import LogEntry
 from tests.conftest import HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT, HISTORY, TOKEN
-from tests.integration.rawclient import Closed, RawClient, ServerClosed
+from tests.integration.rawclient import Closed, RawClient, ServerClosed, healthz
 
 pytestmark = pytest.mark.ray
 
@@ -42,14 +42,6 @@ TCP_ESTABLISHED = 1  # tcpi_state values (include/net/tcp_states.h)
 
 
 # --- the server's side, seen from outside ----------------------------------------------------
-
-
-async def healthz(plane: Any, timeout: float = 10.0) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=plane.base_url, timeout=timeout) as http:
-        response = await http.get("/healthz")
-        response.raise_for_status()
-        body: dict[str, Any] = response.json()
-        return body
 
 
 async def hub_log(channels: list[str]) -> list[LogEntry]:
