@@ -124,6 +124,27 @@ async def page(plane: Any) -> AsyncIterator[Any]:
         assert errors == []
 
 
+def held_before_any_progress(tries: int = 5) -> control_plane.JobHandle:
+    """An ``agents_pipeline`` held at its first checkpoint, before its first progress.
+
+    A pause acts at the next checkpoint: when a cached worker starts the job before the
+    pause reaches it, the job is held at its second checkpoint, after ``progress(20)``.
+    Such a job is cancelled and another one submitted."""
+    for _ in range(tries):
+        job = control_plane.submit(
+            "jobs.examples:agents_pipeline",
+            topic="seed client",
+            delay=0.2,
+            job_options={"pause_timeout": 30},
+        )
+        status = job.pause()
+        assert status.state == "paused", status
+        if status.progress == 0:
+            return job
+        job.cancel()
+    pytest.fail(f"no job of {tries} was held before its first progress")
+
+
 async def run_seed_client(page: Any, ws_url: str, job_id: str) -> None:
     await page.add_script_tag(content=PAGE_GLOBALS % json.dumps(job_id))
     await page.add_script_tag(content=seed_client(ws_url) + PAGE_LISTENERS)
@@ -165,8 +186,7 @@ async def test_the_seeds_javascript_reads_jobs_stays_connected_and_keeps_up(
     # --- a) a job with agents, read the seed's way -------------------------------------
     # Held at its first checkpoint until the seed's socket has subscribed (the seed
     # subscribes without ``since``, so it sees only what comes after).
-    job = control_plane.submit("jobs.examples:agents_pipeline", topic="seed client", delay=0.2)
-    await asyncio.to_thread(job.pause)
+    job = await asyncio.to_thread(held_before_any_progress)
     await run_seed_client(page, plane.ws_url, job.job_id)
     channel = f"job:{job.job_id}"
     await wait_reply(page, f"r.type === 'ack' && (r.data.channels || []).includes('{channel}')")
