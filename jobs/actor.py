@@ -33,6 +33,7 @@ from control_plane.core.emitter import EventEmitter, settle_refs
 from control_plane.core.encoding import Encoded
 from control_plane.core.errors import JobCancelledError, JobError, JobFailedError, PublishError
 from control_plane.core.hub_log import TARGET_CHANNEL
+from control_plane.core.lanes import publish_lane
 from control_plane.core.limits import DEFAULT_MAX_EVENT_BYTES
 from jobs.context import (
     CancelRequested,
@@ -125,7 +126,7 @@ class JobActor:
         numbers = itertools.count()
         publisher = f"{job_id}-{uuid.uuid4().hex[:8]}"
         self._emitter: EventEmitter[Encoded] = EventEmitter(
-            lambda batch: hub.publish_encoded.remote(
+            lambda batch: publish_lane(hub, batch).remote(
                 batch, TARGET_CHANNEL, publisher, next(numbers)
             ),
             settle_refs,

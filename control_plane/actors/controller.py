@@ -35,7 +35,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from control_plane.actors import runtime, state_dir
 from control_plane.actors.hub import RayHub
 from control_plane.core.emitter import EventEmitter, wait_refs
-from control_plane.core.encoding import encode_event
+from control_plane.core.encoding import Encoded, encode_event
 from control_plane.core.errors import (
     InvalidTransitionError,
     JobCancelledError,
@@ -43,6 +43,7 @@ from control_plane.core.errors import (
     JobNotFoundError,
 )
 from control_plane.core.hub_log import TARGET_CHANNEL, LogEntry, ReaderFilter
+from control_plane.core.lanes import publish_lane
 from control_plane.core.protocol import (
     JOB_CHANNEL_PREFIX,
     SYSTEM_CHANNEL,
@@ -119,7 +120,7 @@ class Controller:
         numbers = itertools.count()
         publisher = f"controller-{uuid.uuid4().hex[:8]}"
         self._emitter: EventEmitter[dict[str, Any]] = EventEmitter(
-            lambda batch: self._hub.publish_encoded.remote(
+            lambda batch: self._publish(
                 [encode_event(e) for e in batch], TARGET_CHANNEL, publisher, next(numbers)
             ),
             wait_refs,
@@ -239,7 +240,7 @@ class Controller:
         # the job: through the emitter it could wait behind a slow publish while a fast job
         # (a cached worker starts it in milliseconds) ran to its end. Not awaited: under
         # the load of starting workers a hub round trip took 80-200 ms of each submit.
-        self._spawn(_published(self._hub.publish_encoded.remote([encode_event(created)]), job_id))
+        self._spawn(_published(self._publish([encode_event(created)]), job_id))
         try:
             actor = await self._launch(job_id)
         except BaseException as e:
@@ -250,6 +251,16 @@ class Controller:
             self._emitter.emit(make_event("job.failed", failed), True)  # after job.created
             raise
         return job_id, actor
+
+    def _publish(
+        self,
+        events: list[Encoded],
+        target: str = TARGET_CHANNEL,
+        publisher: str | None = None,
+        number: int | None = None,
+    ) -> Any:
+        """Start a publish of encoded events by the hub's lane for them (``core/lanes.py``)."""
+        return publish_lane(self._hub, events).remote(events, target, publisher, number)
 
     def _spec(self, job_id: str) -> tuple[Any, tuple[Any, ...], dict[str, Any], JobOptions]:
         target, args, kwargs, options = cloudpickle.loads(self._specs[job_id])

@@ -17,17 +17,24 @@ its publisher and is not appended. A numbered batch that waits for an earlier on
 the epoch and every publisher's next batch number from the store, and Ray sends the calls
 that were in flight again (``max_task_retries=-1``), in any order; a batch that was written
 before the crash is acknowledged again without being appended twice.
+
+Control never waits behind data (``core/lanes.py``): a batch with a lifecycle event is
+appended when its call runs, while bulk batches (``job.progress``, ``agent.*``, ...) take
+turns, one per pass of the event loop, so a ``job.paused``, a woken listen or a ``head``
+waits for at most the one bulk batch being written when it came.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Callable, Coroutine
 from operator import itemgetter
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import ray
 
@@ -37,8 +44,10 @@ from control_plane.core.encoding import encode_event
 from control_plane.core.errors import InvalidEventError
 from control_plane.core.event_store import EventStore
 from control_plane.core.hub_log import TARGET_CHANNEL, Encoded, ListenResult, ReaderFilter
+from control_plane.core.lanes import BulkLane, is_control
 from control_plane.core.limits import DEFAULT_MAX_EVENT_BYTES, check_batch
 from control_plane.core.log_writer import LogWriter
+from control_plane.core.loop_thread import LoopThread
 from control_plane.core.sqlite_store import SQLiteEventStore
 from control_plane.observability import logs, metrics, tracing
 
@@ -47,6 +56,22 @@ logger = logging.getLogger(__name__)
 DEFAULT_HISTORY = 100_000
 DEFAULT_HISTORY_BYTES = 256 * 1024 * 1024  # of frames kept in memory; the oldest go first
 RETAIN_INTERVAL = 2.0  # seconds between two passes of retention (by age, and in the store)
+BULK_CALLS = 1000  # bulk publishes the hub takes in at once (its own Ray concurrency group)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def on_log_loop(
+    method: Callable[Concatenate[EventHub, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[EventHub, P], Coroutine[Any, Any, R]]:
+    """Run a hub method on the loop that holds the log, whatever Ray group called it."""
+
+    @functools.wraps(method)
+    async def on_loop(self: EventHub, *args: P.args, **kwargs: P.kwargs) -> R:
+        return await self._log_loop.run(method(self, *args, **kwargs))
+
+    return on_loop
 
 
 def open_store(state_dir: str | None) -> SQLiteEventStore:
@@ -88,6 +113,8 @@ class EventHub:
         self._faults: dict[str, tuple[int, str]] = {}
         self._published: Counter[str] = Counter()  # by type, flushed to metrics each second
         self._flusher: asyncio.Task[None] | None = None
+        self._bulk = BulkLane()  # control calls go ahead of queued bulk publishes
+        self._log_loop = LoopThread("event-log")  # where the log lives (see on_log_loop)
         if self._writer.restored:
             logger.info(
                 "event hub restored epoch %s: seq %d..%d",
@@ -96,6 +123,7 @@ class EventHub:
                 self._log.head,
             )
 
+    @on_log_loop
     async def publish(self, events: list[dict[str, Any]], target: str = TARGET_CHANNEL) -> int:
         """Append a batch of envelopes; return the seq of the last one."""
         self._start_sweeper()
@@ -108,6 +136,8 @@ class EventHub:
             self._published.update(map(itemgetter(0), encoded))
         return self._writer.publish(encoded, target)
 
+    @ray.method(concurrency_group="bulk")
+    @on_log_loop
     async def publish_encoded(
         self,
         events: list[Encoded],
@@ -120,19 +150,57 @@ class EventHub:
         A ``publisher`` that keeps several batches in flight numbers them from 0; each is
         appended after the one before it (``ordering.py``), and its call returns once it is
         written. A number appended before (a call Ray sent again after a restart) is
-        acknowledged without being appended again."""
+        acknowledged without being appended again.
+
+        Ray takes these calls in by a concurrency group of their own (``bulk``), so that
+        hundreds of them queued do not delay the intake of the hub's other calls; a batch
+        with a lifecycle event should come by :meth:`publish_control` (``lanes.publish_lane``
+        chooses)."""
+        return await self._publish_encoded(events, target, publisher, number)
+
+    @on_log_loop
+    async def publish_control(
+        self,
+        events: list[Encoded],
+        target: str = TARGET_CHANNEL,
+        publisher: str | None = None,
+        number: int | None = None,
+    ) -> int:
+        """:meth:`publish_encoded` by the control lane: taken in with the hub's other calls,
+        ahead of the queued bulk publishes, and appended without waiting for a turn (a
+        numbered batch still waits for its publisher's batch before it)."""
+        return await self._publish_encoded(events, target, publisher, number)
+
+    async def _publish_encoded(
+        self, events: list[Encoded], target: str, publisher: str | None, number: int | None
+    ) -> int:
         self._start_sweeper()
         check_batch(events, self._max_event_bytes)  # refused whole: nothing appended
         if metrics.enabled():
             self._published.update(map(itemgetter(0), events))
         start = tracing.now_ns() if tracing.active() else 0
-        if publisher is None or number is None:
-            head = self._writer.publish(events, target)
+        if is_control(map(itemgetter(0), events)):
+            head = await self._admit(events, target, publisher, number)
         else:
-            head = await self._writer.publish_numbered(events, target, publisher, number)
+            async with self._bulk.turn():
+                done = self._admit(events, target, publisher, number)
+            head = await done
         if start:
             tracing.record("hub.append", start, events=len(events), head=head)
         return head
+
+    def _admit(
+        self, events: list[Encoded], target: str, publisher: str | None, number: int | None
+    ) -> asyncio.Future[int]:
+        """Write the batch now if it may go (a numbered one waits for the one before it)."""
+        if publisher is None or number is None:
+            done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            try:
+                done.set_result(self._writer.publish(events, target))
+            except Exception as e:
+                done.set_exception(e)
+            return done
+        return self._writer.admit_numbered(events, target, publisher, number)
 
     def _start_sweeper(self) -> None:
         if self._sweeper is None:
@@ -164,6 +232,7 @@ class EventHub:
                 retained_at = time.monotonic()
                 writer.retain()
 
+    @on_log_loop
     async def listen(
         self,
         epoch: str | None,
@@ -177,17 +246,21 @@ class EventHub:
             self._inject_fault(reader)
         return await self._log.listen(epoch, after_seq, timeout, limit, reader)
 
+    @on_log_loop
     async def set_filter(self, reader: str, wanted: ReaderFilter, version: int) -> None:
         self._log.set_filter(reader, wanted, version)
 
+    @on_log_loop
     async def drop_reader(self, reader: str) -> None:
         self._log.drop_reader(reader)
 
+    @on_log_loop
     async def read_filtered(
         self, epoch: str | None, after_seq: int, upto: int, wanted: ReaderFilter
     ) -> ListenResult:
         return self._log.read_filtered(epoch, after_seq, upto, wanted)
 
+    @on_log_loop
     async def replay(
         self,
         after_seq: int,
@@ -200,6 +273,7 @@ class EventHub:
         socket catching up) missed."""
         return self._log.replay(after_seq, channels, epoch, client_id, upto)
 
+    @on_log_loop
     async def fail_listens(self, reader_prefix: str, count: int, message: str) -> None:
         """Fault injection for tests: the next ``count`` listens of readers whose id starts
         with ``reader_prefix`` raise ``RuntimeError(message)``, an error no reader expects."""
@@ -214,9 +288,15 @@ class EventHub:
                     self._faults[prefix] = (count - 1, message)
                 raise RuntimeError(message)
 
+    @on_log_loop
     async def stats(self) -> dict[str, Any]:
-        return {**self._log.stats(), "batches_waiting": len(self._writer.order)}
+        return {
+            **self._log.stats(),
+            "batches_waiting": len(self._writer.order),
+            "bulk_waiting": self._bulk.waiting,
+        }
 
+    @on_log_loop
     async def log_stats(self, frames: bool = False) -> dict[str, Any]:
         """The store's file and size (``SQLiteEventStore.stats``): it counts the rows (and
         with ``frames`` decodes them), so not for a loop."""
@@ -227,6 +307,7 @@ class EventHub:
         """The hub's process id (tests kill it to see what a crash loses)."""
         return os.getpid()
 
+    @on_log_loop
     async def constrain_log(self, how: str) -> None:
         """Fault injection for tests: ``"full"`` caps the SQLite file at its size (the next
         write that needs a page fails with SQLITE_FULL, as on a full disk), ``"read-only"``
@@ -244,16 +325,18 @@ class EventHub:
         else:
             raise ValueError(f"unknown constraint {how!r}")
 
+    @on_log_loop
     async def set_durable(self, durable: bool) -> None:
         """For benchmarks that compare the hub with and without its file, in one run: while
         off, publishes are not written (a restart loses them and what came before)."""
         self._writer.durable = durable
 
+    @on_log_loop
     async def head(self) -> tuple[str, int]:
         return self._log.epoch, self._log.head
 
 
-EventHubActor: Any = ray.remote(EventHub)
+EventHubActor: Any = ray.remote(concurrency_groups={"bulk": BULK_CALLS})(EventHub)  # type: ignore[call-overload]
 
 
 class RayHub:

@@ -76,14 +76,23 @@ class LogWriter:
     ) -> int:
         """Batch ``number`` of ``publisher``: appended after the one before it, once; returns
         the head once it is written (at once for a number appended before)."""
-        if self.order.duplicate(publisher, number):
-            return self.log.head
+        return await self.admit_numbered(events, target, publisher, number)
+
+    def admit_numbered(
+        self, events: list[Encoded], target: str, publisher: str, number: int
+    ) -> asyncio.Future[int]:
+        """What :meth:`publish_numbered` does before it waits: the batch, and those it
+        releases, written now if they may go. Synchronous, so that a caller holding a turn
+        of the hub's bulk lane (``lanes.py``) gives it back before it waits."""
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        if self.order.duplicate(publisher, number):
+            done.set_result(self.log.head)
+            return done
         pending = _Pending(events, target, publisher, number, done)
         ready = self.order.admit(publisher, number, pending, time.monotonic())
         if ready:
             self._write_released(ready)
-        return await done
+        return done
 
     def sweep(self) -> None:
         """Write what waited too long for a batch that never came (``ordering.py``)."""
