@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
+from benchmarks.goals import goal_text
 from benchmarks.harness import Row
 
 README_START = "<!-- bench:start -->"
@@ -42,7 +43,7 @@ def table(rows: Sequence[Row]) -> str:
     for row in rows:
         lines.append(
             f"{row.name:<{width}}  {figure(row.value):>12} {row.unit:<8} "
-            f"{figure(row.baseline_value):>12}  {ratio_text(row):>6}"
+            f"{figure(row.baseline_value):>12}  {ratio_text(row):>6}  {goal_text(row)}"
         )
         if row.baseline:
             lines.append(f"{'':<4}baseline: {row.baseline}")
@@ -54,15 +55,18 @@ def markdown(rows: Sequence[Row], when: str, elapsed: float) -> str:
         f"Measured {when} on {os.cpu_count()} CPUs ({platform.machine()}, Python "
         f"{platform.python_version()}) by `python benchmarks/run.py` in {elapsed / 60:.0f} min. "
         "Ratio > 1 means better than the baseline (throughputs: ours / baseline; times and "
-        "memory: baseline / ours).",
+        "memory: baseline / ours). A goal is the second round's (issue 13): ✓ met, ✗ missed.",
         "",
-        "| benchmark | ours | baseline | baseline's figure | ratio |",
-        "|---|---:|---|---:|---:|",
+        "| benchmark | ours | baseline | baseline's figure | ratio | goal |",
+        "|---|---:|---|---:|---:|---|",
     ]
     for row in rows:
         value = f"{figure(row.value)} {row.unit}".strip()
         base = f"{figure(row.baseline_value)} {row.unit}".strip()
-        lines.append(f"| {row.name} | {value} | {row.baseline} | {base} | {ratio_text(row)} |")
+        lines.append(
+            f"| {row.name} | {value} | {row.baseline} | {base} | {ratio_text(row)} "
+            f"| {goal_text(row)} |"
+        )
     return "\n".join(lines)
 
 
