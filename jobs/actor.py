@@ -99,7 +99,37 @@ def target_name(target: str | Callable[..., Any]) -> str:
 
 
 class JobActor:
-    def __init__(
+    """One job's actor. Made with the job (``JobActor(job_id, target, ...)``, the cold
+    path), or made with none ahead of it by the controller's warm pool and handed its job
+    by :meth:`adopt`. Either way it runs one job, once: it is never handed another."""
+
+    _emitter: EventEmitter[Encoded]
+
+    def __init__(self, *job: Any) -> None:
+        self._job_control: JobControl | None = None
+        self._options = JobOptions()
+        self._executed = False
+        self._context: JobContext | None = None
+        if job:
+            self._take(*job)
+
+    @property
+    def _control(self) -> JobControl:
+        if self._job_control is None:
+            raise RuntimeError("this pooled job worker holds no job yet")
+        return self._job_control
+
+    async def ready(self) -> bool:
+        """Answer once the process runs (the warm pool waits for this); True while the
+        actor holds no job."""
+        return self._job_control is None
+
+    @ray.method(concurrency_group=CONTROL_GROUP)
+    async def holds_job(self) -> bool:
+        """Whether a job was handed to this actor (a restarted controller asks a pooled one)."""
+        return self._job_control is not None
+
+    async def adopt(
         self,
         job_id: str,
         target: str | Callable[..., Any],
@@ -113,6 +143,40 @@ class JobActor:
         controller: Any,
         restored: bytes | None = None,
     ) -> None:
+        """Take a job (a pooled worker): what the constructor does on the cold path. An
+        actor takes one job in its life; a second is refused."""
+        self._take(
+            job_id,
+            target,
+            args,
+            kwargs,
+            name,
+            owner,
+            created_at,
+            options,
+            hub,
+            controller,
+            restored,
+        )
+
+    def _take(
+        self,
+        job_id: str,
+        target: str | Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        name: str,
+        owner: str,
+        created_at: str,
+        options: JobOptions,
+        hub: Any,
+        controller: Any,
+        restored: bytes | None = None,
+    ) -> None:
+        if self._job_control is not None:
+            raise RuntimeError(
+                f"this job actor runs job {self._job_control.job_id}: it takes no other"
+            )
         self._target = target
         self._args = args
         self._kwargs = kwargs
@@ -124,7 +188,7 @@ class JobActor:
         # fails fails the emitter, and the body at its next event (settle_refs).
         numbers = itertools.count()
         publisher = f"{job_id}-{uuid.uuid4().hex[:8]}"
-        self._emitter: EventEmitter[Encoded] = EventEmitter(
+        self._emitter = EventEmitter(
             lambda batch: hub.publish_encoded.remote(
                 batch, TARGET_CHANNEL, publisher, next(numbers)
             ),
@@ -133,7 +197,7 @@ class JobActor:
             max_batch=PUBLISH_BATCH,
             max_in_flight=PUBLISHES_IN_FLIGHT,
         )
-        self._control = JobControl(
+        control = JobControl(
             job_id,
             name,
             owner,
@@ -142,13 +206,13 @@ class JobActor:
             self._emitter.wait_for_room,
             max_event_bytes=options.max_event_bytes,
         )
-        self._context: JobContext | None = None
         # A run that continues an earlier one gets the state it saved last (pickled by the
         # controller's store); saving goes through the controller into that store.
         if restored is not None:
-            self._control.restored = cloudpickle.loads(restored)
-            self._control.has_saved = True
-        self._control.checkpointer = StoreCheckpointer(job_id, controller)
+            control.restored = cloudpickle.loads(restored)
+            control.has_saved = True
+        control.checkpointer = StoreCheckpointer(job_id, controller)
+        self._job_control = control
 
     async def run(self) -> Any:
         """Run the body to its end; return its value or raise a typed job error."""
@@ -220,6 +284,9 @@ class JobActor:
         which keeps it in its store, before returning. A job that ends while the controller
         is down (Ray restarts it) so loses nothing: the hand-over waits for it."""
         control = self._control
+        if self._executed:
+            raise RuntimeError(f"job {control.job_id} has run in this actor: it runs once")
+        self._executed = True
         try:
             value = await self.run()
         except SuspendRequested:
