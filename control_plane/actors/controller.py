@@ -65,7 +65,7 @@ from control_plane.core.registry_store import (
     StoredOutcome,
 )
 from control_plane.core.system import AlertRules, SystemConfig, collect_cluster_metrics
-from control_plane.core.worker_pool import PoolConfig
+from control_plane.core.worker_pool import PoolConfig, cold_reason
 from control_plane.observability import logs, tracing
 from control_plane.observability import metrics as obs_metrics
 from jobs.actor import JobActorRemote, JobOptions, target_name
@@ -202,6 +202,7 @@ class Controller:
         they are: their events while the controller was down did not reach its registry."""
         try:
             await self._sweep_pool_orphans()
+            found: list[tuple[str, ActorHandle]] = []
             for record in self._registry.records():
                 job_id = record.job_id
                 if not _is_active(record) or job_id in self._actors:
@@ -211,7 +212,13 @@ class Controller:
                 if actor is None:
                     await self._died(job_id, "job actor gone while the controller was down")
                     continue
-                if not await _holds_job(actor):
+                found.append((job_id, actor))
+            # Asked all at once: an actor still waiting for its resources answers late.
+            held = await asyncio.gather(
+                *(self._holds_job(job_id, actor) for job_id, actor in found)
+            )
+            for (job_id, actor), holds in zip(found, held, strict=True):
+                if not holds:
                     # A pooled worker the last controller took for this job but never
                     # handed it (it died in between): the job has not started; start it.
                     _kill(actor, job_id)
@@ -227,6 +234,21 @@ class Controller:
             await self._resync()
         except Exception:
             logger.exception("controller: recovering jobs failed")
+
+    async def _holds_job(self, job_id: str, actor: ActorHandle) -> bool:
+        """Whether a job's actor found by name holds its job: one made for it does; a pooled
+        one may not yet. One that does not answer in time is taken to (its watch finds out)."""
+        record = self._registry.get(job_id)
+        options = self._spec(job_id)[3]
+        if record is None or record.restarts or cold_reason(options, self._pool.config):
+            return True  # never a pooled worker
+        try:
+            held: bool = await asyncio.wait_for(
+                _as_future(actor.holds_job.remote()), STATUS_TIMEOUT
+            )
+        except Exception:
+            return True
+        return held
 
     async def _sweep_pool_orphans(self) -> None:
         """Kill the pooled workers an earlier controller left idle: job actors under a name
@@ -807,16 +829,6 @@ def _kill(actor: ActorHandle, job_id: str) -> None:
 
 async def _as_future(ref: Any) -> Any:
     return await ref
-
-
-async def _holds_job(actor: ActorHandle) -> bool:
-    """Whether a job actor found by name holds its job (a pooled one may not, yet); an
-    actor that does not answer is taken to hold it (its watch finds out)."""
-    try:
-        held: bool = await asyncio.wait_for(_as_future(actor.holds_job.remote()), STATUS_TIMEOUT)
-    except Exception:
-        return True
-    return held
 
 
 ControllerActor: Any = ray.remote(Controller)
