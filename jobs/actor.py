@@ -110,6 +110,10 @@ class JobActor:
         self._options = JobOptions()
         self._executed = False
         self._context: JobContext | None = None
+        # Set once a job is taken; ``execute`` waits for it, so the controller sends
+        # ``adopt`` and ``execute`` together (Ray does not promise an async actor starts
+        # them in the order sent).
+        self._adopted = asyncio.Event()
         if job:
             self._take(*job)
 
@@ -213,6 +217,7 @@ class JobActor:
             control.has_saved = True
         control.checkpointer = StoreCheckpointer(job_id, controller)
         self._job_control = control
+        self._adopted.set()
 
     async def run(self) -> Any:
         """Run the body to its end; return its value or raise a typed job error."""
@@ -283,6 +288,7 @@ class JobActor:
         """What the controller calls: :meth:`run`, then hand its outcome to the controller,
         which keeps it in its store, before returning. A job that ends while the controller
         is down (Ray restarts it) so loses nothing: the hand-over waits for it."""
+        await self._adopted.wait()
         control = self._control
         if self._executed:
             raise RuntimeError(f"job {control.job_id} has run in this actor: it runs once")

@@ -372,12 +372,23 @@ class Controller:
         )
         actor = None
         if worker is not None:
+            # Sent together, a round trip sooner; the submit returns once the worker
+            # holds the job, so that a command after it finds the job there.
+            # A fast job may hand its outcome over before adopt's answer is back.
+            self._actors[job_id] = worker
+            self._final.pop(job_id, None)
+            adopted: Any = worker.adopt.remote(*job)
+            execution = worker.execute.remote()
             try:
-                await worker.adopt.remote(*job)
-                actor = worker
+                await adopted
             except Exception:  # it died idle: the cold path, once Ray frees the name
                 logger.warning("job %s: its pooled worker failed; starting cold", job_id)
+                if self._actors.get(job_id) is worker:
+                    del self._actors[job_id]
                 _kill(worker, job_id)
+            else:
+                self._spawn(self._watch(job_id, worker, execution, run))
+                return worker
         deadline = time.monotonic() + NAME_RELEASE_TIMEOUT
         while actor is None:
             try:

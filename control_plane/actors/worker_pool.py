@@ -65,7 +65,7 @@ class WarmPool:
         if self._pool.size == 0:
             return None
         worker_id = self._pool.take(now)
-        self._wake.set()  # refill
+        self._wake.set()  # its refill is due in refill_delay: the loop waits for it
         if worker_id is None:
             return None
         return worker_id, self._handles.pop(worker_id)
@@ -87,8 +87,10 @@ class WarmPool:
             except Exception:
                 logger.exception("worker pool: a step failed")
             self._wake.clear()
+            due = self._pool.next_due(time.monotonic())
+            wait = TICK if due is None else min(TICK, due + 0.001)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), TICK)
+                await asyncio.wait_for(self._wake.wait(), wait)
 
     def _step(self) -> None:
         now = time.monotonic()

@@ -36,6 +36,11 @@ from typing import Any, Protocol
 DEFAULT_POOL_SIZE = 2  # warm workers; 0 turns the pool off
 DEFAULT_IDLE_AFTER = 300.0  # seconds without a submit before the pool shrinks
 DEFAULT_IDLE_SIZE = 1  # warm workers kept through a quiet spell
+# Seconds from a take to the start of its replacement. A worker's start costs about a
+# CPU-second (Python, Ray, our imports); begun at once, it took the CPU from the job just
+# handed out: warm submit → job.started went from about 180 ms to 0.6-5 s on a loaded
+# 2-CPU box.
+DEFAULT_REFILL_DELAY = 1.0
 FIRST_BACKOFF = 1.0  # seconds before the next start after a worker failed to start
 MAX_BACKOFF = 30.0
 
@@ -62,12 +67,15 @@ class PoolConfig:
     idle_size: int = DEFAULT_IDLE_SIZE
     num_cpus: float = 0.0  # what each worker reserves (JobOptions.num_cpus's default)
     ready_timeout: float = 120.0  # a worker not answering this long after its start is dropped
+    refill_delay: float = DEFAULT_REFILL_DELAY  # from a take to the start of its replacement
 
     def __post_init__(self) -> None:
         if self.size < 0 or self.idle_size < 0:
             raise ValueError(f"a pool size is 0 or more, got {self.size}/{self.idle_size}")
-        if self.idle_after <= 0 or self.num_cpus < 0 or self.ready_timeout <= 0:
-            raise ValueError("idle_after and ready_timeout are > 0, num_cpus >= 0")
+        if self.idle_after <= 0 or self.ready_timeout <= 0:
+            raise ValueError("idle_after and ready_timeout are > 0")
+        if self.num_cpus < 0 or self.refill_delay < 0:
+            raise ValueError("num_cpus and refill_delay are >= 0")
 
 
 class Placement(Protocol):
@@ -106,6 +114,7 @@ class WorkerPool:
         self._last_demand = now  # the pool starts full, as after a submit
         self._failures = 0
         self._retry_at = 0.0
+        self._refill_at: float | None = None  # set by a take: its replacement waits until then
         self.hits = 0  # submits that took a warm worker
         self.misses = 0  # eligible submits that found none idle (they went cold)
         self.cold = 0  # submits whose options keep them off the pool
@@ -131,10 +140,20 @@ class WorkerPool:
         return self._size
 
     def to_start(self, now: float) -> int:
-        """How many workers to start now (none while backing off after a failed start)."""
+        """How many workers to start now: none while a take's refill waits
+        (``refill_delay``) or while backing off after a failed start."""
         if now < self._retry_at:
             return 0
+        if self._refill_at is not None:
+            if now < self._refill_at:
+                return 0
+            self._refill_at = None
         return max(0, self.target(now) - len(self._workers))
+
+    def next_due(self, now: float) -> float | None:
+        """Seconds until a refill or a retry is due, if one waits."""
+        due = [t - now for t in (self._refill_at, self._retry_at) if t is not None and t > now]
+        return min(due, default=None)
 
     def to_retire(self, now: float) -> list[str]:
         """Idle workers beyond the target, the newest first, and starting ones that did
@@ -199,8 +218,11 @@ class WorkerPool:
 
     def take(self, now: float) -> str | None:
         """Hand the oldest idle worker to a submit, for good (it never comes back); None
-        when none is idle. Either way the submit counts as demand."""
+        when none is idle. Either way the submit counts as demand, and the refill waits
+        ``refill_delay`` (from the first take it has not made up for yet)."""
         self._last_demand = now
+        if self._refill_at is None:
+            self._refill_at = now + self.config.refill_delay
         for worker_id, (state, _) in self._workers.items():
             if state is WorkerState.IDLE:
                 del self._workers[worker_id]

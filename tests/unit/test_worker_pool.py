@@ -96,10 +96,24 @@ def test_a_worker_handed_out_never_comes_back() -> None:
     assert worker not in pool
     assert not pool.ready(worker, 2.0)  # a late "ready" does not put it back
     assert not pool.retire(worker)
-    assert pool.to_start(2.0) == 1
+    assert pool.to_start(1.0 + pool.config.refill_delay) == 1
     [fresh] = filled(pool, 2.0)
     assert fresh != worker
     assert pool.take(3.0) == fresh
+
+
+def test_a_refill_waits_its_delay_from_the_first_take_not_made_up_for() -> None:
+    pool = WorkerPool(PoolConfig(size=3, refill_delay=1.0), now=0.0)
+    filled(pool)
+    assert pool.take(10.0) is not None
+    assert pool.to_start(10.5) == 0  # the job just handed out keeps the CPU
+    assert pool.next_due(10.5) == 0.5
+    assert pool.take(10.9) is not None  # a second take does not push the refill back
+    assert pool.to_start(11.0) == 2
+    assert pool.next_due(11.0) is None
+    assert pool.take(12.0) is not None
+    assert pool.to_start(12.0) == 0  # a new take, a new delay
+    assert pool.to_start(13.0) == 3
 
 
 def test_a_worker_id_is_started_once() -> None:
@@ -125,7 +139,7 @@ def test_the_pool_shrinks_when_no_submit_comes_and_grows_back_on_the_next() -> N
     assert pool.to_start(61.0) == 0
     assert pool.take(62.0) is not None  # demand again
     assert pool.target(62.0) == 4
-    assert pool.to_start(62.0) == 4
+    assert pool.to_start(62.0 + config.refill_delay) == 4
 
 
 def test_a_pool_of_idle_size_zero_empties_when_idle() -> None:
