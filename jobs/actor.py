@@ -20,6 +20,7 @@ import importlib
 import inspect
 import itertools
 import logging
+import threading
 import traceback
 import uuid
 from collections.abc import Callable
@@ -55,6 +56,7 @@ CONTROL_GROUP = "control"
 PUBLISH_BATCH = 300
 PUBLISHES_IN_FLIGHT = 4  # hub calls a job keeps going at once (the hub restores their order)
 FINAL_FLUSH_TIMEOUT = 120.0  # seconds a finished job waits for its events to be acknowledged
+ADOPT_TIMEOUT = 300.0  # seconds a pooled worker's calls wait for its job (then they fail)
 
 
 class JobOptions(BaseModel):
@@ -110,12 +112,18 @@ class JobActor:
         self._options = JobOptions()
         self._executed = False
         self._context: JobContext | None = None
-        # Set once a job is taken; ``execute`` waits for it, so the controller sends
-        # ``adopt`` and ``execute`` together (Ray does not promise an async actor starts
-        # them in the order sent).
-        self._adopted = asyncio.Event()
+        # Set once a job is taken. The controller sends a pooled worker ``adopt`` and
+        # ``execute`` together and returns its handle at once, so ``execute`` and the first
+        # commands (on another thread and loop) may come before ``adopt``: they wait here.
+        self._adopted = threading.Event()
         if job:
             self._take(*job)
+
+    async def _held(self) -> None:
+        """Return once this actor holds its job (at once but for a pooled worker whose
+        ``adopt`` has not run yet)."""
+        if not self._adopted.is_set():
+            await asyncio.to_thread(self._adopted.wait, ADOPT_TIMEOUT)
 
     @property
     def _control(self) -> JobControl:
@@ -288,7 +296,7 @@ class JobActor:
         """What the controller calls: :meth:`run`, then hand its outcome to the controller,
         which keeps it in its store, before returning. A job that ends while the controller
         is down (Ray restarts it) so loses nothing: the hand-over waits for it."""
-        await self._adopted.wait()
+        await self._held()
         control = self._control
         if self._executed:
             raise RuntimeError(f"job {control.job_id} has run in this actor: it runs once")
@@ -318,6 +326,7 @@ class JobActor:
     async def wait_finished(self) -> JobState:
         """Return once the run is over and its outcome handed on (a controller that Ray
         restarted watches its jobs' actors with this: the call fails when the actor dies)."""
+        await self._held()
         control = self._control
         await control.wait_for(lambda: control.ended)
         return control.state
@@ -326,6 +335,7 @@ class JobActor:
     async def suspend(self) -> JobStatus:
         """Stop the job at its next checkpoint for a later resume from its last save; return
         once it stopped, or its status when no checkpoint came within ``pause_timeout``."""
+        await self._held()
         control = self._control
         control.request_suspend()
         await control.wait_for(
@@ -349,11 +359,13 @@ class JobActor:
 
     @ray.method(concurrency_group=CONTROL_GROUP)
     async def status(self) -> JobStatus:
+        await self._held()
         return self._control.status()
 
     @ray.method(concurrency_group=CONTROL_GROUP)
     async def pause(self) -> JobStatus:
         """Hold the job at its next checkpoint; return once held, or ``pausing`` on timeout."""
+        await self._held()
         control = self._control
         control.pause()
         await control.wait_for(
@@ -363,12 +375,14 @@ class JobActor:
 
     @ray.method(concurrency_group=CONTROL_GROUP)
     async def resume(self) -> JobStatus:
+        await self._held()
         self._control.resume()
         return self._control.status()
 
     @ray.method(concurrency_group=CONTROL_GROUP)
     async def cancel(self) -> JobStatus:
         """Stop at the next checkpoint; kill the actor if none comes within the grace period."""
+        await self._held()
         control = self._control
         control.request_cancel()
         ended = await control.wait_for(lambda: control.state.terminal, self._options.cancel_grace)
@@ -382,6 +396,7 @@ class JobActor:
 
     @ray.method(concurrency_group=CONTROL_GROUP)
     async def ping(self) -> str:
+        await self._held()
         return self._control.job_id
 
 

@@ -370,29 +370,21 @@ class Controller:
             self._self,
             restored,
         )
-        actor = None
         if worker is not None:
-            # Sent together, a round trip sooner; the submit returns once the worker
-            # holds the job, so that a command after it finds the job there.
-            # A fast job may hand its outcome over before adopt's answer is back.
+            # adopt and execute sent together, neither awaited (as a cold actor's creation
+            # is not): a command sent meanwhile waits in the worker for its job
+            # (JobActor._held). Awaiting adopt's answer took 100-400 ms of each submit on
+            # a loaded 2-CPU box.
             self._actors[job_id] = worker
             self._final.pop(job_id, None)
-            adopted: Any = worker.adopt.remote(*job)
-            execution = worker.execute.remote()
-            try:
-                await adopted
-            except Exception:  # it died idle: the cold path, once Ray frees the name
-                logger.warning("job %s: its pooled worker failed; starting cold", job_id)
-                if self._actors.get(job_id) is worker:
-                    del self._actors[job_id]
-                _kill(worker, job_id)
-            else:
-                self._spawn(self._watch(job_id, worker, execution, run))
-                return worker
+            self._spawn(_adopted(worker.adopt.remote(*job), worker, job_id))
+            self._spawn(self._watch(job_id, worker, worker.execute.remote(), run))
+            return worker
         deadline = time.monotonic() + NAME_RELEASE_TIMEOUT
-        while actor is None:
+        while True:
             try:
                 actor = JobActorRemote.options(**actor_options).remote(*job)
+                break
             except ValueError:  # the name of the job's dead actor is not released yet
                 if time.monotonic() > deadline:
                     raise
@@ -822,6 +814,17 @@ def _system_event(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
     event = make_event(event_type, data)
     event["channel"] = SYSTEM_CHANNEL
     return event
+
+
+async def _adopted(ref: Any, worker: ActorHandle, job_id: str) -> None:
+    """A pooled worker that could not take its job is killed: its run's watch then sees a
+    dead actor and restarts the job cold (``job.restarted``), as after a cold actor that
+    could not be made."""
+    try:
+        await ref
+    except Exception:
+        logger.warning("job %s: its pooled worker did not take it", job_id, exc_info=True)
+        _kill(worker, job_id)
 
 
 async def _published(ref: Any, job_id: str) -> None:
