@@ -14,6 +14,11 @@ seconds) the controller finds each active job's actor again by its name and watc
 with a ``wait_finished`` call, which fails when the actor dies, as the run's own ObjectRef
 (gone with the old process) did. A job whose actor is gone is restarted from its last save
 (``JobOptions.max_restarts``, ``job.restarted``), else failed with the reason.
+
+A submit takes a job actor from the warm pool when it can (:mod:`control_plane.actors.
+worker_pool`): made ahead under the name of the job id it then carries, so every lookup by
+name above finds it. A restarted controller kills the pooled workers an earlier one left
+idle (named job actors its registry does not know).
 """
 
 from __future__ import annotations
