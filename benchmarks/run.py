@@ -18,7 +18,8 @@ events/s unpaced against a bare uvicorn endpoint and a Serve-proxied one), ``met
 ``fan-out`` (many sockets on one job: latency, gateway memory per socket), ``pause``
 (socket command to ``job.paused``, idle and under load, against stopping a Ray Job),
 ``push vs poll`` (a state change reaching a watcher, against polling Ray Jobs' status) and
-``submit`` (submit to ``job.started``, jobs/s, idle jobs at once, memory per job actor).
+``submit`` (submit to ``job.started`` from the warm pool and cold, jobs/s, idle jobs at
+once, memory per job actor).
 
 One ``address="local"`` Ray with the dashboard (Ray Jobs needs it) runs the control plane
 and a trivial Serve WebSocket app for the baselines; everything is stopped at the end.
