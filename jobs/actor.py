@@ -137,6 +137,13 @@ class JobActor:
         return self._job_control is None
 
     @ray.method(concurrency_group=CONTROL_GROUP)
+    async def wait_adopted(self) -> None:
+        """Return once a job is handed to this actor: the warm pool keeps one such call on
+        each idle worker, which fails, telling it, when the worker dies idle."""
+        while not self._adopted.is_set():
+            await asyncio.to_thread(self._adopted.wait, ADOPT_TIMEOUT)
+
+    @ray.method(concurrency_group=CONTROL_GROUP)
     async def holds_job(self) -> bool:
         """Whether a job was handed to this actor (a restarted controller asks a pooled one)."""
         return self._job_control is not None

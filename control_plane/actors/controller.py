@@ -382,8 +382,8 @@ class Controller:
             # a loaded 2-CPU box.
             self._actors[job_id] = worker
             self._final.pop(job_id, None)
-            self._spawn(_adopted(worker.adopt.remote(*job), worker, job_id))
-            self._spawn(self._watch(job_id, worker, worker.execute.remote(), run))
+            adopted: Any = worker.adopt.remote(*job)
+            self._spawn(self._watch(job_id, worker, worker.execute.remote(), run, adopted))
             return worker
         deadline = time.monotonic() + NAME_RELEASE_TIMEOUT
         while True:
@@ -399,14 +399,21 @@ class Controller:
         self._spawn(self._watch(job_id, actor, actor.execute.remote(), run))
         return actor
 
-    async def _watch(self, job_id: str, actor: ActorHandle, waiter: Any, run: object) -> None:
+    async def _watch(
+        self, job_id: str, actor: ActorHandle, waiter: Any, run: object, adopted: Any = None
+    ) -> None:
         """Wait for the run to end (``waiter``: its ``execute`` call, or ``wait_finished``
         after a controller restart); a death no one reported restarts the job or fails it.
         Then let the registry catch up with the job's last events and free its actor. A
-        newer ``run`` of the job (a resume) makes this watch step aside."""
+        newer ``run`` of the job (a resume) makes this watch step aside. ``adopted``: a
+        pooled worker's ``adopt`` call; when it fails (the worker died idle), the job starts
+        cold instead, not counted as a restart."""
 
         def superseded() -> bool:
             return self._runs.get(job_id) is not run
+
+        if adopted is not None and not await self._adopted(job_id, actor, adopted, superseded):
+            return
 
         died: str | None = None
         try:
@@ -437,6 +444,28 @@ class Controller:
         record = self._registry.get(job_id)
         if record is not None and record.state.terminal:
             self._done.setdefault(job_id, asyncio.Event()).set()
+
+    async def _adopted(
+        self, job_id: str, worker: ActorHandle, adopted: Any, superseded: Callable[[], bool]
+    ) -> bool:
+        """Whether the pooled worker took its job; if not, it is killed and the job
+        started cold (or failed, when that fails too)."""
+        try:
+            await adopted
+            return True
+        except Exception as e:
+            logger.warning("job %s: its pooled worker did not take it: %r", job_id, e)
+            _kill(worker, job_id)
+            if superseded():
+                return False
+            if self._actors.get(job_id) is worker:
+                del self._actors[job_id]
+            try:
+                await self._launch(job_id)
+            except Exception as cold:
+                reason = f"its pooled worker failed ({e!r}), a cold start too ({cold!r})"
+                await self._died(job_id, reason)
+            return False
 
     def _record_final(self, job_id: str) -> None:
         """The registry never saw the job's terminal event (the hub refused it, say): record
@@ -819,17 +848,6 @@ def _system_event(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
     event = make_event(event_type, data)
     event["channel"] = SYSTEM_CHANNEL
     return event
-
-
-async def _adopted(ref: Any, worker: ActorHandle, job_id: str) -> None:
-    """A pooled worker that could not take its job is killed: its run's watch then sees a
-    dead actor and restarts the job cold (``job.restarted``), as after a cold actor that
-    could not be made."""
-    try:
-        await ref
-    except Exception:
-        logger.warning("job %s: its pooled worker did not take it", job_id, exc_info=True)
-        _kill(worker, job_id)
 
 
 async def _published(ref: Any, job_id: str) -> None:

@@ -130,6 +130,14 @@ class WarmPool:
             return
         if not self._pool.ready(worker_id, time.monotonic()):
             self._kill(worker_id, handle)  # dropped meanwhile (shrunk, drained)
+            return
+        try:  # returns when a submit hands it a job; fails when it dies idle
+            await handle.wait_adopted.remote()
+        except Exception as e:
+            if self._pool.retire(worker_id):  # still idle: the pool starts another
+                logger.warning("worker pool: idle worker %s died: %r", worker_id, e)
+                self._handles.pop(worker_id, None)
+                self._wake.set()
 
     def _kill(self, worker_id: str, handle: ActorHandle | None = None) -> None:
         handle = self._handles.pop(worker_id, None) or handle

@@ -212,3 +212,27 @@ async def test_a_restarted_controller_kills_the_idle_workers_it_did_not_hand_out
     assert new and not set(new) & set(old)
     job = await _warm_submit("jobs.examples:countdown", steps=1)
     assert ray.get(job.result, timeout=60) == {"steps": 1}
+
+
+async def test_a_worker_that_dies_idle_costs_a_job_nothing_and_is_replaced(plane: Any) -> None:
+    """Killed while idle: a submit that comes at once may still take it (the pool has not
+    heard yet) and runs cold instead, not as a restart; the pool replaces it either way."""
+    idle = (await _full_pool())["idle_ids"]
+    for worker_id in idle:
+        ray.kill(runtime.get_actor(runtime.job_actor_name(worker_id)), no_restart=True)
+    job = await asyncio.to_thread(control_plane.submit, "jobs.examples:countdown", steps=2)
+    assert ray.get(job.result, timeout=120) == {"steps": 2}
+    sock = await TestSocket.open(plane.ws_url, TOKEN)
+    await sock.subscribe(f"job:{job.job_id}", since=0)
+    await sock.wait_type("job.completed", job.job_id)
+    assert [e["type"] for e in sock.events(job.job_id)] == [
+        "job.created",
+        "job.started",
+        "job.progress",
+        "job.progress",
+        "job.completed",
+    ]
+    await sock.close()
+    after = await _full_pool()
+    assert not set(after["idle_ids"]) & set(idle)
+    assert len(after["idle_ids"]) == len(idle)
