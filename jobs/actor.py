@@ -10,6 +10,11 @@ The controller calls :meth:`JobActor.execute`, which runs the body and hands its
 the controller's store before it returns (``jobs/persistence.py``), so that a result
 outlives both this actor and a controller that died meanwhile. ``suspend`` stops the body
 at its next checkpoint for a new actor to resume from its last ``ctx.save``.
+
+The controller's warm pool (``control_plane/core/worker_pool.py``) makes job actors with no
+job ahead of time; :meth:`JobActor.adopt` hands one its job. ``execute`` and the control
+calls wait for it (``_held``), so the controller sends ``adopt`` and ``execute`` together
+and a submit returns without waiting for either.
 """
 
 from __future__ import annotations
@@ -148,35 +153,10 @@ class JobActor:
         """Whether a job was handed to this actor (a restarted controller asks a pooled one)."""
         return self._job_control is not None
 
-    async def adopt(
-        self,
-        job_id: str,
-        target: str | Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        name: str,
-        owner: str,
-        created_at: str,
-        options: JobOptions,
-        hub: Any,
-        controller: Any,
-        restored: bytes | None = None,
-    ) -> None:
-        """Take a job (a pooled worker): what the constructor does on the cold path. An
-        actor takes one job in its life; a second is refused."""
-        self._take(
-            job_id,
-            target,
-            args,
-            kwargs,
-            name,
-            owner,
-            created_at,
-            options,
-            hub,
-            controller,
-            restored,
-        )
+    async def adopt(self, *job: Any) -> None:
+        """Take a job (a pooled worker): the arguments the constructor takes on the cold
+        path. An actor takes one job in its life; a second is refused."""
+        self._take(*job)
 
     def _take(
         self,
