@@ -34,6 +34,7 @@ from benchmarks.harness import (
     uss,
     wait_until,
 )
+from control_plane.actors import runtime
 
 RAY_JOBS_POLL = 1.0  # seconds: how Ray's docs poll get_job_status
 FAST_POLL = 0.01  # seconds: how often the stop baseline looks, to time the stop, not the look
@@ -48,7 +49,7 @@ class ControlSizes:
     capacity: int  # idle jobs started at once (the cap)
 
 
-QUICK = ControlSizes(20, 3, 4, 8, 30)
+QUICK = ControlSizes(20, 3, 4, 6, 30)
 FULL = ControlSizes(100, 8, 10, 40, 150)
 
 
@@ -274,12 +275,35 @@ async def push_vs_poll(bench: Bench, sizes: ControlSizes) -> list[Row]:
 # --- submit ---------------------------------------------------------------------------------
 
 
-async def _submit_latencies(bench: Bench, count: int) -> list[float]:
+async def _pool_stats() -> dict[str, Any]:
+    stats: dict[str, Any] = await runtime.controller().pool_stats.remote()
+    return stats
+
+
+async def _pool_full() -> None:
+    """Wait until every worker the warm pool wants is started and idle."""
+
+    async def full() -> bool:
+        stats = await _pool_stats()
+        return bool(stats["idle"] >= stats["target"] and not stats["starting"])
+
+    deadline = time.monotonic() + 120
+    while not await full():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the warm pool did not fill: {await _pool_stats()}")
+        await asyncio.sleep(0.02)
+
+
+async def _submit_latencies(bench: Bench, count: int, warm: bool) -> list[float]:
+    """Seconds from submit to ``job.started`` on a socket, one job after the other; ``warm``:
+    each once the pool has refilled (a warm start each), else each with the pool off."""
     client = await Client.open(bench.ws_url, bench.token)
     times = []
     try:
         await client.subscribe("jobs")
         for _ in range(count):
+            if warm:
+                await _pool_full()
             t0 = time.time()
             handle = await asyncio.to_thread(control_plane.submit, bodies.finish_after, seconds=0)
             frame = await client.wait_type("job.started", handle.job_id, timeout=60)
@@ -356,16 +380,36 @@ async def _bare_capacity(cap: int) -> tuple[int, float, float]:
             ray.kill(actor)
 
 
+async def _cold_latencies(bench: Bench, count: int) -> list[float]:
+    """As :func:`_submit_latencies` with the warm pool turned off meanwhile."""
+    controller = runtime.controller()
+    size = (await _pool_stats())["size"]
+    await controller.set_pool_size.remote(0)
+    try:
+        return await _submit_latencies(bench, count, warm=False)
+    finally:
+        await controller.set_pool_size.remote(size)
+
+
 async def submit(bench: Bench, sizes: ControlSizes) -> list[Row]:
-    ours = await _submit_latencies(bench, sizes.submits)
+    if (await _pool_stats())["size"] < 1:
+        raise RuntimeError("the warm pool is off: the warm rows need pool_size >= 1")
+    warm = await _submit_latencies(bench, sizes.submits, warm=True)
+    cold = await _cold_latencies(bench, sizes.submits)
+    await _pool_full()
     bare = await _bare_latencies(sizes.submits)
     base = "a bare Ray actor: .remote() → first method call returns"
-    rows = latency_rows(
-        lambda p: f"submit: submit → job.started on the socket p{p} ({len(ours)} in a row)",
-        ours,
-        base,
-        bare,
-    )
+    rows: list[Row] = []
+    for label, ours in (
+        (f"warm pool, {len(warm)} in a row", warm),
+        (f"cold, no pool, {len(cold)} in a row", cold),
+    ):
+        rows += latency_rows(
+            lambda p, label=label: f"submit: submit → job.started on the socket p{p} ({label})",
+            ours,
+            base,
+            bare,
+        )
     cap = sizes.capacity
     running, rate, mem = await _capacity(bench, cap)
     b_running, b_rate, b_mem = await _bare_capacity(cap)

@@ -17,7 +17,7 @@ import resource
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ import websockets
 
 import control_plane
 from control_plane import JobHandle
+from control_plane.actors import runtime
 
 logger = logging.getLogger(__name__)
 
@@ -364,6 +365,27 @@ async def submit_started(bench: Bench, target: Any, jobs: int, **kwargs: Any) ->
         return handles
     finally:
         await watcher.close()
+
+
+@contextlib.asynccontextmanager
+async def pool_off() -> AsyncIterator[None]:
+    """The controller's warm pool turned off meanwhile (and its idle workers gone): each job
+    starts cold, its process started before its first event, as before the pool. A pool's
+    refill starts a process (about a CPU-second) a second after each submit, in the middle
+    of what an event scenario measures; the submit scenario measures the pool itself."""
+    controller = runtime.controller()
+    size = (await controller.pool_stats.remote())["size"]
+    await controller.set_pool_size.remote(0)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            stats = await controller.pool_stats.remote()
+            if not stats["idle"] and not stats["starting"]:
+                break
+            await asyncio.sleep(0.05)
+        yield
+    finally:
+        await controller.set_pool_size.remote(size)
 
 
 async def cancel_all(handles: list[JobHandle]) -> None:

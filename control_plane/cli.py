@@ -77,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="MODULE:FUNCTION",
             help="a job type the dashboard's submit form offers, beside the examples",
         )
+        p.add_argument(
+            "--pool-size",
+            type=int,
+            default=None,
+            metavar="N",
+            help="job actors kept started ahead of their jobs, so that a submit starts at "
+            "once; 0 turns the pool off (default: 2)",
+        )
         p.add_argument("--metrics-interval", type=float, default=5.0, metavar="SECONDS")
         # Also after the subcommand (``serve --log-format json``); the global one is the default.
         p.add_argument("--log-format", choices=("text", "json"), default=argparse.SUPPRESS)
@@ -282,6 +290,7 @@ def _serve(args: argparse.Namespace) -> int:
             for name, value in (
                 ("history_bytes", args.history_bytes),
                 ("max_event_bytes", args.max_event_bytes),
+                ("pool_size", args.pool_size),
             )
             if value is not None
         },

@@ -25,6 +25,7 @@ from control_plane.core.job_types import DEFAULT_TYPES, JobTypes
 from control_plane.core.limits import DEFAULT_MAX_EVENT_BYTES
 from control_plane.core.system import SystemConfig
 from control_plane.core.tokens import Credentials
+from control_plane.core.worker_pool import DEFAULT_POOL_SIZE, PoolConfig
 from control_plane.gateway import auth
 from control_plane.gateway.app import GatewayConfig, build_app
 from control_plane.gateway.manager import SocketConfig
@@ -80,6 +81,7 @@ def start(
     history_bytes: int | None = DEFAULT_HISTORY_BYTES,
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     job_types: Iterable[str] = (),
+    pool_size: int = DEFAULT_POOL_SIZE,
 ) -> ControlPlaneInfo:
     """Make sure Ray, the EventHub, the controller and the gateway run; return where.
 
@@ -92,7 +94,8 @@ def start(
     ``history`` events of at most ``history_bytes`` bytes, and with ``history_age`` none
     older than that many seconds; it refuses events over ``max_event_bytes``.
     ``job_types`` (``module:function``) are offered by the page's submit form beside the
-    examples.
+    examples. The controller keeps ``pool_size`` job actors started ahead of their jobs,
+    so that a submit starts at once (0: each job's actor starts with its job).
     """
     global _info
     if _info is not None and ray.is_initialized():
@@ -118,6 +121,7 @@ def start(
             history_bytes=history_bytes,
             max_event_bytes=max_event_bytes,
             job_types=job_types,
+            pool_size=pool_size,
         )
     except BaseException:
         if started_ray:  # leave nothing behind that the caller cannot see
@@ -149,6 +153,7 @@ def _start_on_ray(
     history_bytes: int | None = DEFAULT_HISTORY_BYTES,
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     job_types: Iterable[str] = (),
+    pool_size: int = DEFAULT_POOL_SIZE,
 ) -> ControlPlaneInfo:
     registered = [*DEFAULT_TYPES, *job_types]
     JobTypes(registered)  # a --job-type that does not load fails here, not in the replica
@@ -164,7 +169,7 @@ def _start_on_ray(
         history_bytes=history_bytes,
         max_event_bytes=max_event_bytes,
     )
-    ensure_controller(system, state_dir)
+    ensure_controller(system, state_dir, PoolConfig(size=pool_size))
     if not _app_running():
         if started_ray:
             # The gateway's replica runs on this machine (the head node): a port in use
@@ -234,17 +239,19 @@ def stop(kill_jobs: bool = True) -> None:
         serve.delete(runtime.SERVE_APP_NAME)
     except Exception:
         logger.debug("no serve app to delete", exc_info=True)
-    if kill_jobs:
-        controller = runtime.get_actor(runtime.CONTROLLER_NAME)
-        if controller is not None:
-            statuses: list[Any] = ray.get(controller.list_jobs.remote())
-            # The controller ends them for good: recorded cancelled, never restarted (a
-            # killed actor is otherwise a lost one, restarted from its last save).
-            ray.get(controller.stop_jobs.remote())
-            for status in statuses:
-                actor = runtime.get_actor(runtime.job_actor_name(status.job_id))
-                if actor is not None:
-                    ray.kill(actor, no_restart=True)
+    controller = runtime.get_actor(runtime.CONTROLLER_NAME)
+    if controller is not None:  # its pooled workers hold no job: they go with it
+        with contextlib.suppress(Exception):
+            ray.get(controller.drain_pool.remote(), timeout=30)
+    if kill_jobs and controller is not None:
+        statuses: list[Any] = ray.get(controller.list_jobs.remote())
+        # The controller ends them for good: recorded cancelled, never restarted (a
+        # killed actor is otherwise a lost one, restarted from its last save).
+        ray.get(controller.stop_jobs.remote())
+        for status in statuses:
+            actor = runtime.get_actor(runtime.job_actor_name(status.job_id))
+            if actor is not None:
+                ray.kill(actor, no_restart=True)
     for name in (runtime.CONTROLLER_NAME, runtime.HUB_NAME):
         actor = runtime.get_actor(name)
         if actor is not None:

@@ -20,6 +20,7 @@ from control_plane.actors.hub import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, ens
 from control_plane.core.job_types import DEFAULT_TYPES, JobTypes
 from control_plane.core.limits import DEFAULT_MAX_EVENT_BYTES
 from control_plane.core.tokens import Credentials
+from control_plane.core.worker_pool import DEFAULT_POOL_SIZE, PoolConfig
 from control_plane.gateway import auth
 from control_plane.gateway.app import GatewayConfig, build_app
 from control_plane.gateway.manager import SocketConfig
@@ -43,6 +44,7 @@ class GatewayArgs(BaseModel):
     allowed_origins: list[str] = Field(default_factory=list)
     allowed_hosts: list[str] = Field(default_factory=list)
     job_types: list[str] = Field(default_factory=list)  # module:function, beside the examples
+    pool_size: int = Field(DEFAULT_POOL_SIZE, ge=0)  # job actors started ahead (0: none)
     no_auth: bool = False
     socket: dict[str, Any] = Field(default_factory=dict)  # SocketConfig's fields
 
@@ -60,7 +62,7 @@ def app_builder(args: dict[str, Any]) -> Any:
         history_bytes=given.history_bytes,
         max_event_bytes=given.max_event_bytes,
     )
-    ensure_controller(None, given.state_dir)
+    ensure_controller(None, given.state_dir, PoolConfig(size=given.pool_size))
     auth.store_credentials(None if token is None else Credentials.from_token(token))
     config = GatewayConfig(
         auth=token is not None,

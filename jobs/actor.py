@@ -10,6 +10,11 @@ The controller calls :meth:`JobActor.execute`, which runs the body and hands its
 the controller's store before it returns (``jobs/persistence.py``), so that a result
 outlives both this actor and a controller that died meanwhile. ``suspend`` stops the body
 at its next checkpoint for a new actor to resume from its last ``ctx.save``.
+
+The controller's warm pool (``control_plane/core/worker_pool.py``) makes job actors with no
+job ahead of time; :meth:`JobActor.adopt` hands one its job. ``execute`` and the control
+calls wait for it (``_held``), so the controller sends ``adopt`` and ``execute`` together
+and a submit returns without waiting for either.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import importlib
 import inspect
 import itertools
 import logging
+import threading
 import traceback
 import uuid
 from collections.abc import Callable
@@ -56,6 +62,7 @@ CONTROL_GROUP = "control"
 PUBLISH_BATCH = 300
 PUBLISHES_IN_FLIGHT = 4  # hub calls a job keeps going at once (the hub restores their order)
 FINAL_FLUSH_TIMEOUT = 120.0  # seconds a finished job waits for its events to be acknowledged
+ADOPT_TIMEOUT = 300.0  # seconds a pooled worker's calls wait for its job (then they fail)
 
 
 class JobOptions(BaseModel):
@@ -100,7 +107,59 @@ def target_name(target: str | Callable[..., Any]) -> str:
 
 
 class JobActor:
-    def __init__(
+    """One job's actor. Made with the job (``JobActor(job_id, target, ...)``, the cold
+    path), or made with none ahead of it by the controller's warm pool and handed its job
+    by :meth:`adopt`. Either way it runs one job, once: it is never handed another."""
+
+    _emitter: EventEmitter[Encoded]
+
+    def __init__(self, *job: Any) -> None:
+        self._job_control: JobControl | None = None
+        self._options = JobOptions()
+        self._executed = False
+        self._context: JobContext | None = None
+        # Set once a job is taken. The controller sends a pooled worker ``adopt`` and
+        # ``execute`` together and returns its handle at once, so ``execute`` and the first
+        # commands (on another thread and loop) may come before ``adopt``: they wait here.
+        self._adopted = threading.Event()
+        if job:
+            self._take(*job)
+
+    async def _held(self) -> None:
+        """Return once this actor holds its job (at once but for a pooled worker whose
+        ``adopt`` has not run yet)."""
+        if not self._adopted.is_set():
+            await asyncio.to_thread(self._adopted.wait, ADOPT_TIMEOUT)
+
+    @property
+    def _control(self) -> JobControl:
+        if self._job_control is None:
+            raise RuntimeError("this pooled job worker holds no job yet")
+        return self._job_control
+
+    async def ready(self) -> bool:
+        """Answer once the process runs (the warm pool waits for this); True while the
+        actor holds no job."""
+        return self._job_control is None
+
+    @ray.method(concurrency_group=CONTROL_GROUP)
+    async def wait_adopted(self) -> None:
+        """Return once a job is handed to this actor: the warm pool keeps one such call on
+        each idle worker, which fails, telling it, when the worker dies idle."""
+        while not self._adopted.is_set():
+            await asyncio.to_thread(self._adopted.wait, ADOPT_TIMEOUT)
+
+    @ray.method(concurrency_group=CONTROL_GROUP)
+    async def holds_job(self) -> bool:
+        """Whether a job was handed to this actor (a restarted controller asks a pooled one)."""
+        return self._job_control is not None
+
+    async def adopt(self, *job: Any) -> None:
+        """Take a job (a pooled worker): the arguments the constructor takes on the cold
+        path. An actor takes one job in its life; a second is refused."""
+        self._take(*job)
+
+    def _take(
         self,
         job_id: str,
         target: str | Callable[..., Any],
@@ -114,6 +173,10 @@ class JobActor:
         controller: Any,
         restored: bytes | None = None,
     ) -> None:
+        if self._job_control is not None:
+            raise RuntimeError(
+                f"this job actor runs job {self._job_control.job_id}: it takes no other"
+            )
         self._target = target
         self._args = args
         self._kwargs = kwargs
@@ -125,7 +188,7 @@ class JobActor:
         # fails fails the emitter, and the body at its next event (settle_refs).
         numbers = itertools.count()
         publisher = f"{job_id}-{uuid.uuid4().hex[:8]}"
-        self._emitter: EventEmitter[Encoded] = EventEmitter(
+        self._emitter = EventEmitter(
             lambda batch: publish_lane(hub, batch).remote(
                 batch, TARGET_CHANNEL, publisher, next(numbers)
             ),
@@ -134,7 +197,7 @@ class JobActor:
             max_batch=PUBLISH_BATCH,
             max_in_flight=PUBLISHES_IN_FLIGHT,
         )
-        self._control = JobControl(
+        control = JobControl(
             job_id,
             name,
             owner,
@@ -143,13 +206,14 @@ class JobActor:
             self._emitter.wait_for_room,
             max_event_bytes=options.max_event_bytes,
         )
-        self._context: JobContext | None = None
         # A run that continues an earlier one gets the state it saved last (pickled by the
         # controller's store); saving goes through the controller into that store.
         if restored is not None:
-            self._control.restored = cloudpickle.loads(restored)
-            self._control.has_saved = True
-        self._control.checkpointer = StoreCheckpointer(job_id, controller)
+            control.restored = cloudpickle.loads(restored)
+            control.has_saved = True
+        control.checkpointer = StoreCheckpointer(job_id, controller)
+        self._job_control = control
+        self._adopted.set()
 
     async def run(self) -> Any:
         """Run the body to its end; return its value or raise a typed job error."""
@@ -220,7 +284,11 @@ class JobActor:
         """What the controller calls: :meth:`run`, then hand its outcome to the controller,
         which keeps it in its store, before returning. A job that ends while the controller
         is down (Ray restarts it) so loses nothing: the hand-over waits for it."""
+        await self._held()
         control = self._control
+        if self._executed:
+            raise RuntimeError(f"job {control.job_id} has run in this actor: it runs once")
+        self._executed = True
         try:
             value = await self.run()
         except SuspendRequested:
@@ -246,6 +314,7 @@ class JobActor:
     async def wait_finished(self) -> JobState:
         """Return once the run is over and its outcome handed on (a controller that Ray
         restarted watches its jobs' actors with this: the call fails when the actor dies)."""
+        await self._held()
         control = self._control
         await control.wait_for(lambda: control.ended)
         return control.state
@@ -254,6 +323,7 @@ class JobActor:
     async def suspend(self) -> JobStatus:
         """Stop the job at its next checkpoint for a later resume from its last save; return
         once it stopped, or its status when no checkpoint came within ``pause_timeout``."""
+        await self._held()
         control = self._control
         control.request_suspend()
         await control.wait_for(
@@ -277,11 +347,13 @@ class JobActor:
 
     @ray.method(concurrency_group=CONTROL_GROUP)
     async def status(self) -> JobStatus:
+        await self._held()
         return self._control.status()
 
     @ray.method(concurrency_group=CONTROL_GROUP)
     async def pause(self) -> JobStatus:
         """Hold the job at its next checkpoint; return once held, or ``pausing`` on timeout."""
+        await self._held()
         control = self._control
         control.pause()
         await control.wait_for(
@@ -291,12 +363,14 @@ class JobActor:
 
     @ray.method(concurrency_group=CONTROL_GROUP)
     async def resume(self) -> JobStatus:
+        await self._held()
         self._control.resume()
         return self._control.status()
 
     @ray.method(concurrency_group=CONTROL_GROUP)
     async def cancel(self) -> JobStatus:
         """Stop at the next checkpoint; kill the actor if none comes within the grace period."""
+        await self._held()
         control = self._control
         control.request_cancel()
         ended = await control.wait_for(lambda: control.state.terminal, self._options.cancel_grace)
@@ -310,6 +384,7 @@ class JobActor:
 
     @ray.method(concurrency_group=CONTROL_GROUP)
     async def ping(self) -> str:
+        await self._held()
         return self._control.job_id
 
 

@@ -14,6 +14,11 @@ seconds) the controller finds each active job's actor again by its name and watc
 with a ``wait_finished`` call, which fails when the actor dies, as the run's own ObjectRef
 (gone with the old process) did. A job whose actor is gone is restarted from its last save
 (``JobOptions.max_restarts``, ``job.restarted``), else failed with the reason.
+
+A submit takes a job actor from the warm pool when it can (:mod:`control_plane.actors.
+worker_pool`): made ahead under the name of the job id it then carries, so every lookup by
+name above finds it. A restarted controller kills the pooled workers an earlier one left
+idle (named job actors its registry does not know).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 
 from control_plane.actors import runtime, state_dir
 from control_plane.actors.hub import RayHub
+from control_plane.actors.worker_pool import WarmPool, named_job_actors, new_job_id
 from control_plane.core.emitter import EventEmitter, wait_refs
 from control_plane.core.encoding import Encoded, encode_event
 from control_plane.core.errors import (
@@ -65,6 +71,7 @@ from control_plane.core.registry_store import (
     StoredOutcome,
 )
 from control_plane.core.system import AlertRules, SystemConfig, collect_cluster_metrics
+from control_plane.core.worker_pool import PoolConfig, cold_reason
 from control_plane.observability import logs, tracing
 from control_plane.observability import metrics as obs_metrics
 from jobs.actor import JobActorRemote, JobOptions, target_name
@@ -93,9 +100,14 @@ COMMANDS = ("pause", "resume", "cancel", "suspend")
 
 class Controller:
     def __init__(
-        self, config: SystemConfig | None = None, state_dir_path: str | None = None
+        self,
+        config: SystemConfig | None = None,
+        state_dir_path: str | None = None,
+        pool: PoolConfig | None = None,
     ) -> None:
         self._config = config or SystemConfig()
+        # Job actors started ahead of their jobs (control_plane/core/worker_pool.py).
+        self._pool = WarmPool(pool or PoolConfig())
         logs.configure_actor()
         self._hub = runtime.hub()
         self._submitted: dict[str, float] = {}  # job id → monotonic submit time, until started
@@ -187,12 +199,16 @@ class Controller:
         if self._recovery is None:
             self._recovery = asyncio.get_running_loop().create_task(self._recover())
         await asyncio.shield(self._recovery)
+        if not self._stopping:
+            self._pool.start()  # after the recovery's sweep of pooled workers left behind
 
     async def _recover(self) -> None:
         """Watch the actors of the active jobs the store names again; a job whose actor died
         while no controller watched is restarted or failed now. Then ask the live ones where
         they are: their events while the controller was down did not reach its registry."""
         try:
+            await self._sweep_pool_orphans()
+            found: list[tuple[str, ActorHandle]] = []
             for record in self._registry.records():
                 job_id = record.job_id
                 if not _is_active(record) or job_id in self._actors:
@@ -202,12 +218,78 @@ class Controller:
                 if actor is None:
                     await self._died(job_id, "job actor gone while the controller was down")
                     continue
+                found.append((job_id, actor))
+            # Asked all at once: an actor still waiting for its resources answers late.
+            held = await asyncio.gather(
+                *(self._holds_job(job_id, actor) for job_id, actor in found)
+            )
+            for (job_id, actor), holds in zip(found, held, strict=True):
+                if not holds:
+                    # A pooled worker the last controller took for this job but never
+                    # handed it (it died in between): the job has not started; start it.
+                    _kill(actor, job_id)
+                    try:
+                        await self._launch(job_id)
+                    except Exception as e:
+                        self._emit_lifecycle(job_id, "job.failed", error=f"could not start: {e!r}")
+                        self._done.setdefault(job_id, asyncio.Event()).set()
+                    continue
                 self._actors[job_id] = actor
                 run = self._runs[job_id] = object()
                 self._spawn(self._watch(job_id, actor, actor.wait_finished.remote(), run))
             await self._resync()
         except Exception:
             logger.exception("controller: recovering jobs failed")
+
+    async def _holds_job(self, job_id: str, actor: ActorHandle) -> bool:
+        """Whether a job's actor found by name holds its job: one made for it does; a pooled
+        one may not yet. One that does not answer in time is taken to (its watch finds out)."""
+        record = self._registry.get(job_id)
+        options = self._spec(job_id)[3]
+        if record is None or record.restarts or cold_reason(options, self._pool.config):
+            return True  # never a pooled worker
+        try:
+            held: bool = await asyncio.wait_for(
+                _as_future(actor.holds_job.remote()), STATUS_TIMEOUT
+            )
+        except Exception:
+            return True
+        return held
+
+    async def _sweep_pool_orphans(self) -> None:
+        """Kill the pooled workers an earlier controller left idle: job actors under a name
+        whose job id the registry does not know (a pooled worker carries its future job's
+        id; see control_plane/actors/worker_pool.py)."""
+        try:
+            named = await asyncio.to_thread(named_job_actors)
+        except Exception:
+            logger.warning("controller: could not list job actors", exc_info=True)
+            return
+        for job_id in named:
+            if job_id in self._registry or job_id in self._pool:
+                continue
+            actor = await asyncio.to_thread(runtime.get_actor, runtime.job_actor_name(job_id))
+            if actor is not None and job_id not in self._registry and job_id not in self._pool:
+                logger.info("controller: killing pooled worker %s left idle", job_id)
+                _kill(actor, job_id)
+
+    # --- the warm pool -------------------------------------------------------------------
+
+    async def pool_stats(self) -> dict[str, Any]:
+        """The warm pool: size, target, idle and starting workers (``idle_ids``), hits
+        (submits that took a warm worker), misses (found none idle), cold (options kept them
+        off it), failed starts."""
+        return self._pool.stats()
+
+    async def set_pool_size(self, size: int) -> dict[str, Any]:
+        """Change the pool's size at run time (0: every job starts cold); the pool grows or
+        shrinks in the background."""
+        self._pool.resize(size)
+        return self._pool.stats()
+
+    async def drain_pool(self) -> int:
+        """Kill the pool's idle and starting workers and start no more (``stop``)."""
+        return self._pool.drain()
 
     # --- submitting ----------------------------------------------------------------------
 
@@ -222,7 +304,10 @@ class Controller:
     ) -> tuple[str, ActorHandle]:
         await self.start()
         options = options or JobOptions()
-        job_id = uuid.uuid4().hex[:12]
+        # A warm worker carries the id of the job it will run; no await from here to the
+        # registry's add, so a recovery's sweep never sees the id unknown.
+        warm = self._pool.take(options)
+        job_id = warm[0] if warm is not None else new_job_id()
         name = name or target_name(target)
         owner = owner or getpass.getuser()
         created_at = utc_now_iso()
@@ -242,7 +327,7 @@ class Controller:
         # the load of starting workers a hub round trip took 80-200 ms of each submit.
         self._spawn(_published(self._publish([encode_event(created)]), job_id))
         try:
-            actor = await self._launch(job_id)
+            actor = await self._launch(job_id, warm[1] if warm is not None else None)
         except BaseException as e:
             self._registry.remove(job_id)
             self._specs.pop(job_id, None)
@@ -266,9 +351,10 @@ class Controller:
         target, args, kwargs, options = cloudpickle.loads(self._specs[job_id])
         return target, args, kwargs, options
 
-    async def _launch(self, job_id: str) -> ActorHandle:
-        """Make the job's actor (again: after a death or a suspend, from its last save) and
-        watch its run."""
+    async def _launch(self, job_id: str, worker: ActorHandle | None = None) -> ActorHandle:
+        """Make the job's actor (again: after a death or a suspend, from its last save), or
+        hand the job to ``worker``, a pooled one made under the job's name, and watch its
+        run."""
         target, args, kwargs, options = self._spec(job_id)
         record = self._record(job_id)
         actor_options: dict[str, Any] = {
@@ -287,22 +373,33 @@ class Controller:
         previous = self._actors.pop(job_id, None)
         if previous is not None:  # a run stopped for a suspend, its actor not freed yet
             _kill(previous, job_id)
+        job = (
+            job_id,
+            target,
+            args,
+            kwargs,
+            record.name,
+            record.owner,
+            record.created_at,
+            options,
+            self._hub,
+            self._self,
+            restored,
+        )
+        if worker is not None:
+            # adopt and execute sent together, neither awaited (as a cold actor's creation
+            # is not): a command sent meanwhile waits in the worker for its job
+            # (JobActor._held). Awaiting adopt's answer took 100-400 ms of each submit on
+            # a loaded 2-CPU box.
+            self._actors[job_id] = worker
+            self._final.pop(job_id, None)
+            adopted: Any = worker.adopt.remote(*job)
+            self._spawn(self._watch(job_id, worker, worker.execute.remote(), run, adopted))
+            return worker
         deadline = time.monotonic() + NAME_RELEASE_TIMEOUT
         while True:
             try:
-                actor = JobActorRemote.options(**actor_options).remote(
-                    job_id,
-                    target,
-                    args,
-                    kwargs,
-                    record.name,
-                    record.owner,
-                    record.created_at,
-                    options,
-                    self._hub,
-                    self._self,
-                    restored,
-                )
+                actor = JobActorRemote.options(**actor_options).remote(*job)
                 break
             except ValueError:  # the name of the job's dead actor is not released yet
                 if time.monotonic() > deadline:
@@ -313,14 +410,21 @@ class Controller:
         self._spawn(self._watch(job_id, actor, actor.execute.remote(), run))
         return actor
 
-    async def _watch(self, job_id: str, actor: ActorHandle, waiter: Any, run: object) -> None:
+    async def _watch(
+        self, job_id: str, actor: ActorHandle, waiter: Any, run: object, adopted: Any = None
+    ) -> None:
         """Wait for the run to end (``waiter``: its ``execute`` call, or ``wait_finished``
         after a controller restart); a death no one reported restarts the job or fails it.
         Then let the registry catch up with the job's last events and free its actor. A
-        newer ``run`` of the job (a resume) makes this watch step aside."""
+        newer ``run`` of the job (a resume) makes this watch step aside. ``adopted``: a
+        pooled worker's ``adopt`` call; when it fails (the worker died idle), the job starts
+        cold instead, not counted as a restart."""
 
         def superseded() -> bool:
             return self._runs.get(job_id) is not run
+
+        if adopted is not None and not await self._adopted(job_id, actor, adopted, superseded):
+            return
 
         died: str | None = None
         try:
@@ -351,6 +455,28 @@ class Controller:
         record = self._registry.get(job_id)
         if record is not None and record.state.terminal:
             self._done.setdefault(job_id, asyncio.Event()).set()
+
+    async def _adopted(
+        self, job_id: str, worker: ActorHandle, adopted: Any, superseded: Callable[[], bool]
+    ) -> bool:
+        """Whether the pooled worker took its job; if not, it is killed and the job
+        started cold (or failed, when that fails too)."""
+        try:
+            await adopted
+            return True
+        except Exception as e:
+            logger.warning("job %s: its pooled worker did not take it: %r", job_id, e)
+            _kill(worker, job_id)
+            if superseded():
+                return False
+            if self._actors.get(job_id) is worker:
+                del self._actors[job_id]
+            try:
+                await self._launch(job_id)
+            except Exception as cold:
+                reason = f"its pooled worker failed ({e!r}), a cold start too ({cold!r})"
+                await self._died(job_id, reason)
+            return False
 
     def _record_final(self, job_id: str) -> None:
         """The registry never saw the job's terminal event (the hub refused it, say): record
@@ -615,6 +741,7 @@ class Controller:
         """End every active job for good (``control_plane.stop``): its actor killed, no
         restart, recorded ``cancelled`` (forced), so that no later controller revives it."""
         self._stopping = True
+        self._pool.drain()
         ended = 0
         for record in self._registry.records():
             if record.state.terminal:
@@ -755,9 +882,14 @@ async def _as_future(ref: Any) -> Any:
 ControllerActor: Any = ray.remote(Controller)
 
 
-def ensure_controller(config: SystemConfig | None = None, state_dir: str | None = None) -> Any:
+def ensure_controller(
+    config: SystemConfig | None = None,
+    state_dir: str | None = None,
+    pool: PoolConfig | None = None,
+) -> Any:
+    """The controller actor, made unless it runs (a running one keeps its settings)."""
     handle = ControllerActor.options(**runtime.singleton_options(runtime.CONTROLLER_NAME)).remote(
-        config, state_dir
+        config, state_dir, pool
     )
     ray.get(handle.start.remote())
     return handle

@@ -22,7 +22,9 @@ def _job_actors() -> set[str]:
     }
 
 
-def test_no_finished_job_keeps_an_actor_and_cancelling_the_rest_frees_them(plane: Any) -> None:
+def test_no_finished_job_keeps_an_actor_and_cancelling_the_rest_and_the_pool_frees_them(
+    plane: Any,
+) -> None:
     statuses = {s.job_id: s for s in control_plane.list_jobs()}
     assert statuses, "the suite ran jobs"
     lingering = {j for j in _job_actors() if j in statuses and statuses[j].state.terminal}
@@ -35,6 +37,8 @@ def test_no_finished_job_keeps_an_actor_and_cancelling_the_rest_frees_them(plane
     for job_id, status in statuses.items():
         if not status.state.terminal:
             control_plane.JobHandle(job_id, None).cancel()
+    # the warm pool's idle workers hold no job; drained, they go too
+    ray.get(runtime.controller().drain_pool.remote())
     deadline = time.monotonic() + 60
     while _job_actors() and time.monotonic() < deadline:
         time.sleep(0.1)
