@@ -162,9 +162,15 @@ class EventEmitter(Generic[T]):
             buffer.append(event)
             if urgent:
                 self._urgent = True
-            # The flusher sleeps until a publish returns, or the interval runs out, or one
-            # of these: it has to look again (nothing in flight: this one goes at once).
-            if self._sleeping and (first or urgent or len(buffer) >= self._max_batch):
+            # The flusher sleeps until the interval runs out or one of these makes it look
+            # again (nothing in flight: this one goes at once). With no slot free, or a
+            # send under way, the thread that frees one or sends looks for itself.
+            if (
+                self._sleeping
+                and (first or urgent or len(buffer) >= self._max_batch)
+                and not self._sending
+                and len(self._in_flight) < self._max_in_flight
+            ):
                 self._sleeping = False
                 self._wake.notify()
 
