@@ -219,14 +219,14 @@ def test_with_one_in_flight_nothing_overtakes_the_publish_in_flight(hub, make):
     hub.hold()
     emitter = make(interval=0.001)  # max_in_flight=1
     send_one(hub, emitter)
-    emitter.emit(n(0), urgent=True)
+    emitter.emit(n(0), urgent=True)  # urgent, and still behind publish 1
     emitter.emit(n(1))
-    for i in range(1, 3):
-        hub.ack(i)
-        hub.until(lambda i=i: len(hub.batches) == i + 1 or i == 2)
-    hub.ack(3)
+    assert len(hub.batches) == 1
+    hub.ack(1)
+    hub.until(lambda: len(hub.batches) == 2)
+    assert numbers(hub.batches[1]) == [0, 1]
+    hub.ack(2)
     emitter.flush(timeout=WAIT)
-    assert numbers(hub.events()) == [-1, 0, 1]
     assert hub.max_outstanding == 1
 
 
