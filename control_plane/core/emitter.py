@@ -7,7 +7,7 @@ is in flight.** While one is, events accumulate, and what accumulated goes as on
 soon as a publish returns (the hub took the last batch: the pipe moves), so the batch size
 follows the hub's round trip: one event a call at a trickle, ``max_batch`` a call flat out.
 Sends used to be at least ``interval`` (5 ms) apart: at 2000 events/s an event waited
-3.8-4.6 ms (p50) between ``emit`` and its send, 1.4-3.4 ms now (measured per stage on
+3.8-4.8 ms (p50) between ``emit`` and its send, 1.4-3.4 ms now (measured per stage on
 2 shared CPUs; the rest of the way is Ray's call latency, one call to the hub and the
 replica's long-poll). Flat out, batches are as before: 298 events a publish on average.
 
