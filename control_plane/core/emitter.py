@@ -2,7 +2,7 @@
 none held back when there is none.
 
 A job emits from its event loop or from a worker thread; :class:`EventEmitter` buffers the
-envelopes and a single flusher thread sends them. **An event goes at once when no publish
+envelopes and sends them from a thread of its own. **An event goes at once when no publish
 is in flight.** While one is, events accumulate, and what accumulated goes as one batch as
 soon as a publish returns (the hub took the last batch: the pipe moves), so the batch size
 follows the hub's round trip: one event a call at a trickle, ``max_batch`` a call flat out.
@@ -18,14 +18,15 @@ hold them for a whole round trip). ``interval`` is thus the longest an event wai
 batch to form while the hub is busy, no longer a pause between sends. Lifecycle events are
 sent ``urgent``ly, so a ``job.paused`` waits for no batch to fill.
 
-One thread sends, so batches are numbered in the order their events were emitted; with
+One thread at a time sends, so batches are numbered in the order of their events; with
 ``max_in_flight`` one (the default), one publish at a time: Ray does not promise that an
 async actor runs two calls from one caller in the order they were sent (a large batch
 waits for its arguments to arrive), so a second batch in flight could overtake the first.
 One in flight keeps a job's events in the order it emitted them; a publisher with more in
-flight numbers its batches and the hub puts them back in order (``ordering.py``). A second
-thread waits for the publishes in flight, oldest first, and wakes the flusher as each is
-done.
+flight numbers its batches and the hub puts them back in order (``ordering.py``). Two
+threads: the flusher sends what is due without a return (an event when nothing is in
+flight, an urgent one, a full batch, events that waited the interval); the other waits for
+the publishes in flight, oldest first, and sends what waited for each as it returns.
 
 The emitter does not look inside what it buffers: a job buffers events it encoded itself
 (``control_plane.core.encoding``), so neither its flusher nor the hub encodes them again.
