@@ -73,7 +73,12 @@ class JobOptions(BaseModel):
     num_cpus: float = Field(0.0, ge=0, description="CPUs the job actor reserves")
     resources: dict[str, float] = Field(default_factory=dict)
     runtime_env: dict[str, Any] | None = None
-    emit_interval: float = Field(0.005, gt=0, description="seconds the emitter batches events")
+    emit_interval: float = Field(
+        0.005,
+        gt=0,
+        description="the longest events wait behind the job's publishes in flight before a "
+        "further publish carries them (an event goes at once when none is in flight)",
+    )
     max_restarts: int = Field(
         3, ge=0, description="new actors for a job whose actor died (worker crash, node loss)"
     )

@@ -1,10 +1,11 @@
-"""EventEmitter with a fake transport: batching, order, urgency, flush, close, threads."""
+"""EventEmitter with a fake transport: adaptive batching, order, urgency, flush, close, threads."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -29,6 +30,11 @@ class FakeHub:
         self.fail_next = False
         self.refuse: Exception | None = None  # when set, wait raises it (a failed publish)
         self.unacknowledged = 0  # waits that raise TimeoutError (not done yet) first
+        # When holding, a publish is done only once the test acknowledges it (ack()): until
+        # then it is in flight, and a wait for it times out.
+        self.holding = False
+        self.acked: set[int] = set()
+        self.max_outstanding = 0  # publishes sent and not acknowledged, at most (holding)
 
     def send(self, batch: list[dict[str, Any]]) -> int:
         with self.cond:
@@ -38,6 +44,9 @@ class FakeHub:
                 raise ConnectionError("hub is gone")
             self.batches.append(list(batch))
             handle = len(self.batches)
+            if self.holding:
+                outstanding = handle - len(self.acked)
+                self.max_outstanding = max(self.max_outstanding, outstanding)
             self.cond.notify_all()
             gate = self.gate
         if gate is not None:
@@ -51,8 +60,27 @@ class FakeHub:
             if self.unacknowledged > 0:
                 self.unacknowledged -= 1
                 raise TimeoutError
+            done = lambda: not self.holding or all(h in self.acked for h in handles)  # noqa: E731
+            if not self.cond.wait_for(done, timeout):
+                raise TimeoutError
             if self.refuse is not None:
                 raise self.refuse
+
+    def hold(self) -> None:
+        """From now on, publishes are in flight until ack() says they are done."""
+        with self.cond:
+            self.holding = True
+
+    def ack(self, *handles: int) -> None:
+        with self.cond:
+            self.acked.update(handles)
+            self.cond.notify_all()
+
+    def release(self) -> None:
+        """Every publish is done from now on."""
+        with self.cond:
+            self.holding = False
+            self.cond.notify_all()
 
     def events(self) -> list[dict[str, Any]]:
         with self.cond:
@@ -80,10 +108,12 @@ def make(hub: FakeHub) -> Iterator[Callable[..., EventEmitter]]:
     yield factory
     if hub.gate is not None:
         hub.gate.set()
+    hub.release()
     for emitter in made:
         with contextlib.suppress(PublishError):  # an emitter a test made fail
             emitter.close(timeout=WAIT)
         assert not emitter._thread.is_alive()
+        assert not emitter._acker.is_alive()
 
 
 def n(i: int) -> dict[str, Any]:
@@ -99,12 +129,20 @@ def held(hub: FakeHub, emitter: EventEmitter) -> EventEmitter:
     return emitter
 
 
+def eventually(predicate: Callable[[], bool]) -> None:
+    """Wait until ``predicate`` holds (what it looks at notifies nobody)."""
+    deadline = time.monotonic() + WAIT
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
 def numbers(events: list[dict[str, Any]]) -> list[int]:
     return [e["data"]["i"] for e in events]
 
 
 def send_one(hub: FakeHub, emitter: EventEmitter[Any], i: int = -1) -> None:
-    """Send one event and wait until it is out: the batching interval now runs."""
+    """Send one event and wait until it is out (with ``hub.hold()``, it stays in flight)."""
     sent = len(hub.batches)
     emitter.emit(n(i))
     hub.until(lambda: len(hub.batches) == sent + 1)
@@ -116,16 +154,95 @@ def test_an_event_after_a_quiet_spell_is_sent_at_once(hub, make):
     assert numbers(hub.events()) == [0]
 
 
-def test_events_within_the_interval_wait_for_the_batch_and_leave_together_on_flush(hub, make):
+def test_events_wait_while_a_publish_is_in_flight_and_go_together_when_it_returns(hub, make):
+    hub.hold()
     emitter = make(interval=60.0)
     send_one(hub, emitter)
     for i in range(100):
         emitter.emit(n(i))
-    assert len(hub.batches) == 1  # the interval since the last send has not run out
-    emitter.flush(timeout=WAIT)
-    assert len(hub.batches) == 2
+    assert len(hub.batches) == 1  # publish 1 is in flight
+    hub.ack(1)
+    hub.until(lambda: len(hub.batches) == 2)
     assert numbers(hub.batches[1]) == list(range(100))
+    hub.ack(2)
+    emitter.flush(timeout=WAIT)
     assert emitter.sent_batches == 2
+
+
+def test_with_room_in_flight_events_still_wait_for_a_return_not_for_a_timer(hub, make):
+    hub.hold()
+    emitter = make(interval=60.0, max_in_flight=4)
+    send_one(hub, emitter)
+    emitter.emit(n(0))
+    emitter.emit(n(1))
+    assert len(hub.batches) == 1  # three more may fly, but two events make no batch yet
+    hub.ack(1)
+    hub.until(lambda: len(hub.batches) == 2)
+    assert numbers(hub.batches[1]) == [0, 1]
+
+
+def test_at_a_trickle_each_event_goes_alone(hub, make):
+    hub.hold()
+    emitter = make(interval=60.0, max_in_flight=4)
+    for i in range(5):
+        send_one(hub, emitter, i)
+        hub.ack(i + 1)
+    emitter.flush(timeout=WAIT)
+    assert [numbers(b) for b in hub.batches] == [[0], [1], [2], [3], [4]]
+
+
+def test_a_return_sends_what_waited_while_other_publishes_are_still_in_flight(hub, make):
+    hub.hold()
+    emitter = make(interval=60.0, max_in_flight=3, max_batch=5)
+    send_one(hub, emitter)
+    for i in range(5):
+        emitter.emit(n(i))  # a full batch takes a free slot
+    hub.until(lambda: len(hub.batches) == 2)
+    emitter.emit(n(5))
+    emitter.emit(n(6))
+    assert len(hub.batches) == 2
+    hub.ack(1)  # publish 2 is still in flight
+    hub.until(lambda: len(hub.batches) == 3)
+    assert numbers(hub.batches[2]) == [5, 6]
+
+
+def test_events_that_waited_the_interval_take_a_free_slot(hub, make):
+    hub.hold()
+    emitter = make(interval=0.001, max_in_flight=2)
+    send_one(hub, emitter)
+    emitter.emit(n(0))
+    hub.until(lambda: len(hub.batches) == 2)  # publish 1 was never acknowledged
+    assert numbers(hub.batches[1]) == [0]
+
+
+def test_with_one_in_flight_nothing_overtakes_the_publish_in_flight(hub, make):
+    hub.hold()
+    emitter = make(interval=0.001)  # max_in_flight=1
+    send_one(hub, emitter)
+    emitter.emit(n(0), urgent=True)  # urgent, and still behind publish 1
+    emitter.emit(n(1))
+    assert len(hub.batches) == 1
+    hub.ack(1)
+    hub.until(lambda: len(hub.batches) == 2)
+    assert numbers(hub.batches[1]) == [0, 1]
+    hub.ack(2)
+    emitter.flush(timeout=WAIT)
+    assert hub.max_outstanding == 1
+
+
+def test_flush_sends_what_waits_in_a_free_slot_at_once(hub, make):
+    hub.hold()
+    emitter = make(interval=60.0, max_in_flight=2)
+    send_one(hub, emitter)
+    for i in range(100):
+        emitter.emit(n(i))
+    flusher = threading.Thread(target=emitter.flush, kwargs={"timeout": WAIT})
+    flusher.start()
+    hub.until(lambda: len(hub.batches) == 2)  # without publish 1 being acknowledged
+    assert numbers(hub.batches[1]) == list(range(100))
+    hub.ack(1, 2)
+    flusher.join(WAIT)
+    assert not flusher.is_alive()
 
 
 def test_events_go_out_as_they_are(hub, make):
@@ -158,18 +275,20 @@ def test_order_is_kept_across_batches(hub, make):
     assert numbers(hub.events()) == list(range(120))
 
 
-def test_an_urgent_event_is_sent_without_waiting_for_the_interval(hub, make):
-    emitter = make(interval=60.0)
+def test_an_urgent_event_takes_a_free_slot_with_what_waited_before_it(hub, make):
+    hub.hold()
+    emitter = make(interval=60.0, max_in_flight=2)
     send_one(hub, emitter)
     emitter.emit(n(0))
     assert len(hub.batches) == 1
     emitter.emit(n(1), urgent=True)
-    hub.until(lambda: len(hub.batches) == 2)
+    hub.until(lambda: len(hub.batches) == 2)  # publish 1 is still in flight
     assert numbers(hub.batches[1]) == [0, 1]  # what was waiting goes with it, in order
 
 
-def test_a_full_batch_is_sent_without_waiting_for_the_interval(hub, make):
-    emitter = make(interval=60.0, max_batch=5)
+def test_a_full_batch_takes_a_free_slot(hub, make):
+    hub.hold()
+    emitter = make(interval=60.0, max_batch=5, max_in_flight=2)
     send_one(hub, emitter)
     for i in range(5):
         emitter.emit(n(i))
@@ -178,14 +297,21 @@ def test_a_full_batch_is_sent_without_waiting_for_the_interval(hub, make):
 
 
 def test_flush_returns_after_the_publishes_are_done(hub, make):
+    hub.hold()
     emitter = make(interval=60.0)
-    emitter.emit(n(0))
+    send_one(hub, emitter, 0)
     emitter.emit(n(1))
-    emitter.flush(timeout=WAIT)
+    flusher = threading.Thread(target=emitter.flush, kwargs={"timeout": WAIT})
+    flusher.start()
+    hub.ack(1)
+    # flush waits on the publish that carried the last event (the acknowledging thread
+    # waits ACK_PATIENCE at a time, longer than WAIT)
+    hub.until(lambda: any(h == [2] and 0 < t <= WAIT for h, t in hub.waits))
+    assert flusher.is_alive()  # publish 2 is not done
+    hub.ack(2)
+    flusher.join(WAIT)
+    assert not flusher.is_alive()
     assert numbers(hub.events()) == [0, 1]
-    handles, timeout = hub.waits[-1]
-    assert len(hub.batches) in handles  # it waited on the publish that carried the last
-    assert 0 < timeout <= WAIT
 
 
 def test_flush_with_nothing_emitted_returns_at_once(hub, make):
@@ -216,12 +342,14 @@ def test_in_flight_publishes_are_bounded(hub, make):
 
 
 def test_wait_for_room_returns_at_once_while_there_is_room(hub, make):
+    hub.hold()
     emitter = make(interval=60.0, max_batch=4, max_buffer=4)
     send_one(hub, emitter)
     for i in range(3):
         emitter.emit(n(i))
         emitter.wait_for_room()  # at most three waiting of four: it does not hurry the hub
     assert len(hub.batches) == 1
+    hub.release()
     emitter.flush(timeout=WAIT)
     assert numbers(hub.events()) == [-1, 0, 1, 2]
 
@@ -242,12 +370,13 @@ def test_a_failing_send_fails_every_later_emit_and_flush(hub, make, caplog):
 
 
 def test_a_publish_the_hub_refused_fails_the_emitter_with_the_hubs_error(hub, make):
+    hub.hold()
     emitter = make(interval=0.001, max_in_flight=1)
+    send_one(hub, emitter, 0)
+    emitter.emit(n(1), urgent=True)  # waits for publish 1, which fails
     hub.refuse = EventLogError("the event log /x could not be written: database or disk is full")
-    emitter.emit(n(0), urgent=True)
-    hub.until(lambda: len(hub.batches) == 1)
-    emitter.emit(n(1), urgent=True)  # its send waits for the first publish, which failed
-    hub.until(lambda: emitter.failure is not None)
+    hub.ack(1)
+    eventually(lambda: emitter.failure is not None)
     assert isinstance(emitter.failure, EventLogError)
     for call in (lambda: emitter.emit(n(2)), emitter.flush, emitter.wait_for_room):
         with pytest.raises(EventLogError, match="disk is full"):
