@@ -16,14 +16,17 @@ from collections import deque
 
 
 class Outbox:
+    # One per socket: slots, and the events only once something waits on them (most
+    # sockets never wait; ``gateway/wire.py`` writes their frames at once).
+    __slots__ = ("_frames", "_readable", "_room", "closed", "limit")
+
     def __init__(self, limit: int) -> None:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         self.limit = limit
         self._frames: deque[str] = deque()
-        self._readable = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
+        self._readable: asyncio.Event | None = None
+        self._room: asyncio.Event | None = None
         self.closed = False
 
     def __len__(self) -> int:
@@ -34,34 +37,43 @@ class Outbox:
         if self.closed or len(self._frames) >= (2 * self.limit if reply else self.limit):
             return False
         self._frames.append(frame)
-        self._readable.set()
+        if self._readable is not None:
+            self._readable.set()
         return True
 
     async def put(self, frame: str) -> bool:
         """Queue a frame, waiting for room below ``limit``; False when the outbox closed."""
-        while len(self._frames) >= self.limit and not self.closed:
-            self._room.clear()
-            await self._room.wait()
+        await self.room(self.limit)
         return self.push(frame, reply=True)
 
     async def room(self, below: int) -> bool:
         """Wait until fewer than ``below`` frames are queued; False when the outbox closed."""
         while len(self._frames) >= below and not self.closed:
+            if self._room is None:
+                self._room = asyncio.Event()
             self._room.clear()
             await self._room.wait()
         return not self.closed
 
+    def pop(self) -> str | None:
+        """The next frame, or None when none is queued (closed or not)."""
+        if not self._frames:
+            return None
+        frame = self._frames.popleft()
+        if self._room is not None and len(self._frames) < self.limit:
+            self._room.set()  # waiters check their own mark again
+        return frame
+
     async def get(self) -> str | None:
-        """The next frame, or None once closed and empty."""
+        """The next frame, waiting for one; None once closed and empty."""
         while not self._frames:
             if self.closed:
                 return None
+            if self._readable is None:
+                self._readable = asyncio.Event()
             self._readable.clear()
             await self._readable.wait()
-        frame = self._frames.popleft()
-        if len(self._frames) < self.limit:
-            self._room.set()  # waiters check their own mark again
-        return frame
+        return self.pop()
 
     def close(self, discard: bool = False) -> None:
         """Take no more frames. The reader gets what is queued (nothing with ``discard``),
@@ -69,5 +81,7 @@ class Outbox:
         self.closed = True
         if discard:
             self._frames.clear()
-        self._readable.set()
-        self._room.set()
+        if self._readable is not None:
+            self._readable.set()
+        if self._room is not None:
+            self._room.set()
