@@ -93,10 +93,15 @@ async def main(url: str, count: int, channel: str, token: str | None) -> None:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     gate = asyncio.Semaphore(OPEN_PARALLEL)
     conns = await asyncio.gather(*(_open(url, headers, gate) for _ in range(count)))
-    await asyncio.gather(*(_subscribe(ws, channel, gate) for ws in conns))
     socks = [_Socket(ws) for ws in conns]
     recording = [False]
-    readers = [asyncio.get_running_loop().create_task(_read(s, recording)) for s in socks]
+    readers: list[asyncio.Task[None]] = []
+
+    async def join(sock: _Socket) -> None:
+        await _subscribe(sock.ws, channel, gate)
+        readers.append(asyncio.get_running_loop().create_task(_read(sock, recording)))
+
+    await asyncio.gather(*(join(s) for s in socks))
     print("ready", flush=True)
     loop = asyncio.get_running_loop()
     while True:

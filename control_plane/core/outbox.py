@@ -24,18 +24,20 @@ class Outbox:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         self.limit = limit
-        self._frames: deque[str] = deque()
+        self._frames: deque[str] | None = None  # made with the first frame queued
         self._readable: asyncio.Event | None = None
         self._room: asyncio.Event | None = None
         self.closed = False
 
     def __len__(self) -> int:
-        return len(self._frames)
+        return len(self._frames) if self._frames is not None else 0
 
     def push(self, frame: str, reply: bool = False) -> bool:
         """Queue a frame without waiting; False when closed or there is no room for it."""
-        if self.closed or len(self._frames) >= (2 * self.limit if reply else self.limit):
+        if self.closed or len(self) >= (2 * self.limit if reply else self.limit):
             return False
+        if self._frames is None:
+            self._frames = deque()
         self._frames.append(frame)
         if self._readable is not None:
             self._readable.set()
@@ -48,7 +50,7 @@ class Outbox:
 
     async def room(self, below: int) -> bool:
         """Wait until fewer than ``below`` frames are queued; False when the outbox closed."""
-        while len(self._frames) >= below and not self.closed:
+        while len(self) >= below and not self.closed:
             if self._room is None:
                 self._room = asyncio.Event()
             self._room.clear()
@@ -57,16 +59,19 @@ class Outbox:
 
     def pop(self) -> str | None:
         """The next frame, or None when none is queued (closed or not)."""
-        if not self._frames:
+        frames = self._frames
+        if not frames:
             return None
-        frame = self._frames.popleft()
-        if self._room is not None and len(self._frames) < self.limit:
+        frame = frames.popleft()
+        if not frames:
+            self._frames = None  # an empty deque keeps a block of 64 slots
+        if self._room is not None and len(self) < self.limit:
             self._room.set()  # waiters check their own mark again
         return frame
 
     async def get(self) -> str | None:
         """The next frame, waiting for one; None once closed and empty."""
-        while not self._frames:
+        while not self:
             if self.closed:
                 return None
             if self._readable is None:
@@ -80,7 +85,7 @@ class Outbox:
         then None; :meth:`put` callers waiting for room return False."""
         self.closed = True
         if discard:
-            self._frames.clear()
+            self._frames = None
         if self._readable is not None:
             self._readable.set()
         if self._room is not None:

@@ -415,7 +415,7 @@ class WebSocketManager:
             logger,
             "close",
             client_id=session.client_id,
-            job_id=",".join(sorted(session.job_ids or ())) or None,
+            job_id=",".join(session.job_ids) or None,
             code=code,
             by="server" if session.close_code is not None else "client",
             outcome=outcome,

@@ -190,9 +190,11 @@ class Session:
         self.delivered = 0
         self.close_code: int | None = None
         self.peer_code: int | None = None  # the close code the peer (or its transport) gave
-        self.job_ids: set[str] | None = None  # of the job channels it subscribed to (logs)
+        self.job_ids: tuple[str, ...] = ()  # of the job channels it subscribed to (logs)
         # uvicorn's protocol, for frames written at once (``wire.py``); None: always ASGI.
         self._protocol = wire.server_protocol(websocket)
+        if self._protocol is not None:
+            wire.release_handshake(self._protocol)
         self._writer: asyncio.Task[None] | None = None  # only while frames wait in the outbox
         self._closer: asyncio.Task[None] | None = None
         self._catcher: asyncio.Task[None] | None = None
@@ -412,46 +414,62 @@ class Session:
     # --- requests --------------------------------------------------------------------------
 
     async def _read(self) -> None:
-        ws, limit = self.websocket, self.config.max_frame_bytes
+        # The loop keeps no local of the last request: an idle socket's frame holds none.
+        ws = self.websocket
         while True:
-            message = await ws.receive()
-            if message["type"] == "websocket.disconnect":
-                self.peer_code = message.get("code")
-                return
-            text = message.get("text")
-            size = _frame_size(text, message.get("bytes"), limit)
-            if size > limit:
-                why = f"frame of {size} bytes is over the {limit} limit"
-                await self.close(CloseCode.TOO_BIG, why)
-                return
-            if text is None:
-                self.reply(error_reply(None, "binary_frame", "send JSON as text frames"))
+            too_big = self._take(await ws.receive())
+            if too_big is None:
                 continue
-            try:
-                msg = parse_client_message(text, self.config.max_depth)
-            except BadFrame as e:
-                self.reply(error_reply(e.request_id, e.code, e.message))
-                continue
-            if isinstance(msg, Pong):
-                continue  # answers to the pings of older servers: nothing to do
-            refusal = self._refusal(msg)
-            if refusal is not None:
-                self.reply(error_reply(msg.id, *refusal))
-                continue
-            task = asyncio.get_running_loop().create_task(self._handle(msg))
-            if self._requests is None:
-                self._requests = set()
-            self._requests.add(task)
-            task.add_done_callback(self._requests.discard)
-            if isinstance(msg, Subscribe):
-                # In flight until its ack (or error) is queued: what a client can see. The
-                # replay that follows an ack is paced by the send queue.
-                key = id(msg)
-                self.subscribing += 1
-                if self._subscribes is None:
-                    self._subscribes = set()
-                self._subscribes.add(key)
-                task.add_done_callback(functools.partial(self._subscribed_task, key))
+            if too_big:
+                await self.close(CloseCode.TOO_BIG, too_big)
+            return
+
+    def _take(self, message: Any) -> str | None:
+        """One client message: None to read on; else stop (a reason to close with 1009,
+        or "" after a disconnect)."""
+        if message["type"] == "websocket.disconnect":
+            self.peer_code = message.get("code")
+            return ""
+        limit = self.config.max_frame_bytes
+        text = message.get("text")
+        size = _frame_size(text, message.get("bytes"), limit)
+        if size > limit:
+            return f"frame of {size} bytes is over the {limit} limit"
+        if text is None:
+            self.reply(error_reply(None, "binary_frame", "send JSON as text frames"))
+            return None
+        try:
+            msg = parse_client_message(text, self.config.max_depth)
+        except BadFrame as e:
+            self.reply(error_reply(e.request_id, e.code, e.message))
+            return None
+        if isinstance(msg, Pong):
+            return None  # answers to the pings of older servers: nothing to do
+        refusal = self._refusal(msg)
+        if refusal is not None:
+            self.reply(error_reply(msg.id, *refusal))
+            return None
+        task = asyncio.get_running_loop().create_task(self._handle(msg))
+        if self._requests is None:
+            self._requests = set()
+        self._requests.add(task)
+        task.add_done_callback(self._request_done)
+        if isinstance(msg, Subscribe):
+            # In flight until its ack (or error) is queued: what a client can see. The
+            # replay that follows an ack is paced by the send queue.
+            key = id(msg)
+            self.subscribing += 1
+            if self._subscribes is None:
+                self._subscribes = set()
+            self._subscribes.add(key)
+            task.add_done_callback(functools.partial(self._subscribed_task, key))
+        return None
+
+    def _request_done(self, task: asyncio.Task[None]) -> None:
+        if self._requests is not None:
+            self._requests.discard(task)
+            if not self._requests:
+                self._requests = None
 
     def _subscribed_task(self, key: int, _: asyncio.Task[None]) -> None:
         self._subscribed(key)
@@ -460,6 +478,8 @@ class Session:
         if self._subscribes is not None and key in self._subscribes:
             self._subscribes.discard(key)
             self.subscribing -= 1
+            if not self._subscribes:
+                self._subscribes = None
 
     def _refusal(self, msg: ClientMessage) -> tuple[str, str] | None:
         """(code, message) when a limit refuses ``msg``, else None."""
@@ -528,8 +548,8 @@ class Session:
         self.heartbeat.subscribed = True
         prefix = JOB_CHANNEL_PREFIX
         jobs = {c[len(prefix) :] for c in msg.channels if c.startswith(prefix)}
-        if jobs:
-            self.job_ids = jobs | (self.job_ids or set())
+        if jobs - set(self.job_ids):
+            self.job_ids = tuple(sorted(jobs.union(self.job_ids)))
         if self._caught_up is not None:
             await self._caught_up.wait()  # a socket catching up subscribes once it is live
         live_from = self.manager.add_channels(self, msg.channels)

@@ -75,3 +75,13 @@ def direct(protocol: Any) -> bool:
 def write(protocol: Any, frame: bytes) -> None:
     """Write a frame from :func:`text_frame` (check :func:`direct` first)."""
     protocol.transport.write(frame)
+
+
+def release_handshake(protocol: Any) -> None:
+    """Drop the handshake's request and response that uvicorn's protocol keeps for the
+    life of the connection (about 3 KB of headers a socket); it reads them only during
+    the handshake, which is complete once the socket is accepted."""
+    if getattr(protocol, "handshake_complete", False):
+        for name in ("request", "response"):
+            if hasattr(protocol, name):
+                setattr(protocol, name, None)
