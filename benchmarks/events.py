@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+import httpx
 import ray
 
 import control_plane
@@ -517,6 +518,17 @@ async def fan_out(bench: Bench, sizes: EventSizes) -> list[Row]:
 SCALE_RATE = 1.0  # events/s each socket gets
 
 
+async def _no_sockets_left(bench: Bench, timeout: float = 60.0) -> None:
+    """Wait until the gateway holds no socket of an earlier scenario."""
+    url = bench.ws_url.replace("ws://", "http://").rsplit("/ws", 1)[0] + "/healthz"
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as http:
+        while (await http.get(url)).json()["connections"]:
+            if time.monotonic() > deadline:
+                raise TimeoutError("sockets of earlier scenarios are still open")
+            await asyncio.sleep(0.5)
+
+
 async def _fleet_window(fleet: ClientFleet, seconds: float) -> list[float]:
     """Record ``seconds`` of ticks (after a second to settle), close the clients, and
     return the latencies; raise if any socket closed meanwhile."""
@@ -541,6 +553,7 @@ async def fan_out_scale(bench: Bench, sizes: EventSizes) -> list[Row]:
     sockets: the 1,000-socket rows above compare with it)."""
     n, window = sizes.scale_sockets, sizes.window * 2
     gateway = one_process(GATEWAY_TITLE)
+    await _no_sockets_left(bench)  # the replica takes 10,000 (max_connections): all ours
     job = await asyncio.to_thread(
         control_plane.submit, bodies.ticks, rates=[SCALE_RATE], step=3600.0, warmup=0.0
     )

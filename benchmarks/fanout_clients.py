@@ -49,27 +49,25 @@ class _Socket:
         self.code: int | None = None
 
 
-async def _open(url: str, headers: dict[str, str], gate: asyncio.Semaphore) -> Any:
-    async with gate:
-        return await websockets.connect(
-            url,
-            additional_headers=headers,
-            open_timeout=120,
-            max_size=None,
-            ping_interval=None,
-            compression=None,
-        )
+async def _open(url: str, headers: dict[str, str]) -> Any:
+    return await websockets.connect(
+        url,
+        additional_headers=headers,
+        open_timeout=120,
+        max_size=None,
+        ping_interval=None,
+        compression=None,
+    )
 
 
-async def _subscribe(ws: Any, channel: str, gate: asyncio.Semaphore) -> None:
-    async with gate:
-        await ws.send(json.dumps({"type": "subscribe", "channels": [channel], "id": "s"}))
-        while True:
-            text = await ws.recv()
-            if '"ack"' in text and '"request_id":"s"' in text.replace(" ", ""):
-                return
-            if '"error"' in text and '"request_id":"s"' in text.replace(" ", ""):
-                raise RuntimeError(f"subscribe refused: {text}")
+async def _subscribe(ws: Any, channel: str) -> None:
+    await ws.send(json.dumps({"type": "subscribe", "channels": [channel], "id": "s"}))
+    while True:
+        text = await ws.recv()
+        if '"ack"' in text and '"request_id":"s"' in text.replace(" ", ""):
+            return
+        if '"error"' in text and '"request_id":"s"' in text.replace(" ", ""):
+            raise RuntimeError(f"subscribe refused: {text}")
 
 
 async def _read(sock: _Socket, recording: list[bool]) -> None:
@@ -92,16 +90,21 @@ async def main(url: str, count: int, channel: str, token: str | None) -> None:
     raise_open_files_limit()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     gate = asyncio.Semaphore(OPEN_PARALLEL)
-    conns = await asyncio.gather(*(_open(url, headers, gate) for _ in range(count)))
-    socks = [_Socket(ws) for ws in conns]
+    socks: list[_Socket] = []
     recording = [False]
     readers: list[asyncio.Task[None]] = []
 
-    async def join(sock: _Socket) -> None:
-        await _subscribe(sock.ws, channel, gate)
+    async def join() -> None:
+        # Each socket subscribes as soon as it is open: the gateway closes one that has
+        # not subscribed within a minute (4001), and 10,000 take longer than that to open.
+        async with gate:
+            sock = _Socket(await _open(url, headers))
+            socks.append(sock)
+            await _subscribe(sock.ws, channel)
         readers.append(asyncio.get_running_loop().create_task(_read(sock, recording)))
 
-    await asyncio.gather(*(join(s) for s in socks))
+    await asyncio.gather(*(join() for _ in range(count)))
+    conns = [s.ws for s in socks]
     print("ready", flush=True)
     loop = asyncio.get_running_loop()
     while True:
