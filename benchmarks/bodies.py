@@ -286,23 +286,50 @@ baseline_deployment: Any = BaselineSocket
 # --- baseline: the same server stack without us -----------------------------------------------
 
 
-def bare_push_app() -> FastAPI:
+def bare_push_app(fanout_rate: float = 1.0) -> FastAPI:
     """A FastAPI app with one WebSocket route: the client's first frame
-    ``{"mode": "burst", "count": N}`` gets N ``job.progress`` frames pushed unpaced."""
+    ``{"mode": "burst", "count": N}`` gets N ``job.progress`` frames pushed unpaced; a
+    first frame ``{"type": "subscribe", ...}`` (what our clients send) gets an ``ack`` and
+    then ``bench.tick`` frames, ``fanout_rate`` a second, each made once and sent to every
+    socket that subscribed, as the trivial Serve endpoint's fan-out does."""
     app = FastAPI()
+    fanout: set[WebSocket] = set()
+    ticker: list[asyncio.Task[None]] = []
+
+    async def tick() -> None:
+        i, start = 0, time.time()
+        while True:
+            frame = tick_frame(i, 0, time.time())
+            for websocket in list(fanout):
+                with contextlib.suppress(Exception):
+                    await websocket.send_text(frame)
+            i += 1
+            await asyncio.sleep(max(0.0, start + i / fanout_rate - time.time()))
 
     @app.websocket("/ws")
     async def push(websocket: WebSocket) -> None:
         await websocket.accept()
         cmd = json.loads(await websocket.receive_text())
-        sender = asyncio.get_running_loop().create_task(push_progress(websocket, cmd["count"]))
+        sender = None
+        if cmd.get("type") == "subscribe":
+            ack = {"type": "ack", "data": {"request_id": cmd.get("id")}}
+            await websocket.send_text(json.dumps(ack, separators=(",", ":")))
+            fanout.add(websocket)
+            if not ticker or ticker[0].done():
+                ticker[:] = [asyncio.get_running_loop().create_task(tick())]
+        else:
+            sender = asyncio.get_running_loop().create_task(push_progress(websocket, cmd["count"]))
         try:
             while True:  # until the client goes, as the Serve baseline does
                 message = await websocket.receive()
                 if message["type"] == "websocket.disconnect":
                     break
         finally:
-            sender.cancel()
+            fanout.discard(websocket)
+            if sender is not None:
+                sender.cancel()
+            if not fanout and ticker:
+                ticker.pop().cancel()
 
     return app
 
@@ -316,11 +343,12 @@ class BarePush:
     def __init__(self) -> None:
         self._server: Any = None
 
-    async def start(self) -> int:
+    async def start(self, fanout_rate: float = 1.0) -> int:
         """Listen and serve; returns the port."""
-        from control_plane.gateway.replica_server import ReplicaServer
+        from control_plane.gateway.replica_server import ReplicaServer, raise_open_files_limit
 
-        self._server = ReplicaServer(bare_push_app(), "127.0.0.1", 0)
+        raise_open_files_limit()
+        self._server = ReplicaServer(bare_push_app(fanout_rate), "127.0.0.1", 0)
         self._server.start()
         return int(self._server.port)
 

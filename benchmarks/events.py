@@ -15,10 +15,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+import httpx
 import ray
 
 import control_plane
 from benchmarks import bodies
+from benchmarks.fanout_clients import ClientFleet
 from benchmarks.harness import (
     BASELINE_TITLE,
     GATEWAY_TITLE,
@@ -53,6 +55,10 @@ class EventSizes:
     ramp_step: float  # seconds per ramp step
     sockets: int  # fan-out sockets
     fanout_rate: float  # events/s of the fanned-out job
+    # Fan-out at scale: this many sockets at 1 event/s each (one job at 1 event/s, every
+    # socket on its channel), the clients in ``scale_processes`` processes of their own.
+    scale_sockets: int
+    scale_processes: int
     ingest_per_job: int  # events each ingest job emits
     # Events the unpaced job (and each unpaced baseline) pushes to one socket: fewer than
     # the hub keeps (100,000), since the job outruns the socket and a socket further behind
@@ -68,6 +74,8 @@ QUICK = EventSizes(
     ramp_step=1.5,
     sockets=200,
     fanout_rate=10.0,
+    scale_sockets=300,
+    scale_processes=1,
     ingest_per_job=100_000,
     unpaced=30_000,
     unpaced_rounds=3,
@@ -79,6 +87,8 @@ FULL = EventSizes(
     ramp_step=3.0,
     sockets=1000,
     fanout_rate=10.0,
+    scale_sockets=10_000,
+    scale_processes=2,
     ingest_per_job=500_000,
     unpaced=80_000,
     unpaced_rounds=5,
@@ -493,6 +503,106 @@ async def fan_out(bench: Bench, sizes: EventSizes) -> list[Row]:
     rows.append(
         Row(
             f"fan-out: gateway replica memory per socket ({n} sockets, RSS growth / sockets)",
+            ours_mem / 1024,
+            "KB",
+            base,
+            theirs_mem / 1024,
+            higher_is_better=False,
+        )
+    )
+    return rows
+
+
+# --- fan-out at scale: many sockets at 1 event/s each -----------------------------------------
+
+SCALE_RATE = 1.0  # events/s each socket gets
+
+
+async def _no_sockets_left(bench: Bench, timeout: float = 60.0) -> None:
+    """Wait until the gateway holds no socket of an earlier scenario."""
+    url = bench.ws_url.replace("ws://", "http://").rsplit("/ws", 1)[0] + "/healthz"
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as http:
+        while (await http.get(url)).json()["connections"]:
+            if time.monotonic() > deadline:
+                raise TimeoutError("sockets of earlier scenarios are still open")
+            await asyncio.sleep(0.5)
+
+
+async def _fleet_window(fleet: ClientFleet, seconds: float) -> list[float]:
+    """Record ``seconds`` of ticks (after a second to settle), close the clients, and
+    return the latencies; raise if any socket closed meanwhile."""
+    await asyncio.sleep(1.0)
+    await fleet.record()
+    await asyncio.sleep(seconds)
+    result = await fleet.stop()
+    if result["closed"]:
+        raise RuntimeError(f"{result['closed']} fan-out sockets closed, codes {result['codes']}")
+    latencies: list[float] = result["latencies"]
+    return latencies
+
+
+async def fan_out_scale(bench: Bench, sizes: EventSizes) -> list[Row]:
+    """``scale_sockets`` sockets on one replica, each getting 1 event/s: one job emits a
+    ``bench.tick`` a second and every socket subscribes to its channel, so each event is
+    one frame to every socket (``scale_sockets`` frames/s in all). The clients run in
+    ``scale_processes`` processes of their own (raw ``websockets`` clients,
+    ``benchmarks/fanout_clients.py``), so that they do not starve this process or the
+    replica of the loop. Beside it: a bare FastAPI endpoint on the gateway's uvicorn
+    settings that sends each tick to every socket (Serve's proxy does not hold 10,000
+    sockets: the 1,000-socket rows above compare with it)."""
+    n, window = sizes.scale_sockets, sizes.window * 2
+    gateway = one_process(GATEWAY_TITLE)
+    await _no_sockets_left(bench)  # the replica takes 10,000 (max_connections): all ours
+    job = await asyncio.to_thread(
+        control_plane.submit, bodies.ticks, rates=[SCALE_RATE], step=3600.0, warmup=0.0
+    )
+    before = rss(gateway)
+    fleet = ClientFleet(bench.ws_url, n, f"job:{job.job_id}", bench.token, sizes.scale_processes)
+    try:
+        t0 = time.monotonic()
+        await fleet.start(timeout=600)
+        note(f"ours: opened and subscribed {n} sockets in {time.monotonic() - t0:.1f} s")
+        ours_mem = (rss(gateway) - before) / n
+        ours = await _fleet_window(fleet, window)
+    finally:
+        fleet.kill()
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(job.cancel)
+
+    server = bodies.BarePushActor.remote()
+    try:
+        port = await server.start.remote(SCALE_RATE)
+        bare = one_process("BarePush")
+        before = rss(bare)
+        fleet = ClientFleet(f"ws://127.0.0.1:{port}/ws", n, "ticks", None, sizes.scale_processes)
+        try:
+            t0 = time.monotonic()
+            await fleet.start(timeout=600)
+            note(f"baseline: opened {n} sockets in {time.monotonic() - t0:.1f} s")
+            theirs_mem = (rss(bare) - before) / n
+            theirs = await _fleet_window(fleet, window)
+        finally:
+            fleet.kill()
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.stop.remote(), 10)
+        ray.kill(server)
+    note(f"ours: {len(ours)} of about {n * SCALE_RATE * window:.0f} events timed")
+    base = (
+        "a bare FastAPI endpoint on uvicorn (the gateway's settings) sending each event "
+        "to every socket"
+    )
+    rows = latency_rows(
+        lambda p: f"fan-out: latency p{p}, {n} sockets on one replica at 1 event/s each",
+        ours,
+        base,
+        theirs,
+    )
+    rows.append(
+        Row(
+            f"fan-out: gateway replica memory per socket ({n} sockets at 1 event/s, "
+            "RSS growth / sockets)",
             ours_mem / 1024,
             "KB",
             base,

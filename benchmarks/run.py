@@ -15,7 +15,8 @@ restart with 1,000,000 events in its log, against one with an empty log),
 ``end to end`` (one job to one socket: sustained events/s and latency at half of it, and
 events/s unpaced against a bare uvicorn endpoint and a Serve-proxied one), ``metrics``
 (ingest and end to end with the ``control_plane_*`` metrics on, against off),
-``fan-out`` (many sockets on one job: latency, gateway memory per socket), ``pause``
+``fan-out`` (many sockets on one job: latency, gateway memory per socket; and 10,000
+sockets at 1 event/s each, the clients in processes of their own), ``pause``
 (socket command to ``job.paused``, idle and under load, against stopping a Ray Job),
 ``push vs poll`` (a state change reaching a watcher, against polling Ray Jobs' status) and
 ``submit`` (submit to ``job.started`` from the warm pool and cold, jobs/s, idle jobs at
@@ -98,6 +99,7 @@ class Run:
             await self.scenario("end to end, unpaced", lambda: events.unpaced(b, e))
             await self.scenario("metrics", lambda: metrics_cost.metrics_cost(b, e, self.quick))
             await self.scenario("fan-out", lambda: events.fan_out(b, e))
+            await self.scenario("fan-out at scale", lambda: events.fan_out_scale(b, e))
             await self.scenario("pause", lambda: control.pause(b, c, self.ingest_rate))
             await self.scenario("push vs poll", lambda: control.push_vs_poll(b, c))
         await self.scenario("submit", lambda: control.submit(b, c))

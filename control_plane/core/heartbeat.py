@@ -35,6 +35,8 @@ class HeartbeatLimits:
 
 
 class Heartbeat:
+    __slots__ = ("_blocked_since", "connected_at", "subscribed")
+
     def __init__(self, now: float) -> None:
         self.connected_at = now
         self.subscribed = False

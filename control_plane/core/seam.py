@@ -61,6 +61,8 @@ class Coverage:
     live, and closed ranges ``(lo, hi]`` (replays, live periods that ended, and what the
     client said it has: ``since``)."""
 
+    __slots__ = ("_closed", "_open")  # two a socket, 10,000 sockets a replica
+
     def __init__(self) -> None:
         self._open: dict[str, int] = {}
         self._closed: dict[str, list[tuple[int, int]]] = {}
@@ -119,6 +121,8 @@ class MergeState(StrEnum):
 
 class ReplayMerge:
     """Holds live entries while replays are read; gives them out merged, each seq once."""
+
+    __slots__ = ("_held", "_pending", "max_held", "state")
 
     def __init__(self, max_held: int) -> None:
         self.state = MergeState.LIVE
@@ -196,6 +200,16 @@ class ReplayMerge:
 class SocketSeam:
     """One socket's side of the seam: its :class:`Coverage` and :class:`ReplayMerge`, and
     the steps of a subscribe, in the order the session takes them."""
+
+    __slots__ = (
+        "claimed",
+        "coverage",
+        "floor",
+        "merge",
+        "rejoin_limit",
+        "rejoining",
+        "resume_after",
+    )
 
     def __init__(self, max_held: int, rejoin_limit: int | None = None) -> None:
         self.coverage = Coverage()

@@ -35,7 +35,7 @@ from control_plane.core.protocol import CloseCode, JobCommand, encode, error_rep
 from control_plane.gateway import auth
 from control_plane.gateway.audit import AuditTrail
 from control_plane.gateway.manager import SocketConfig, get_ws_manager
-from control_plane.gateway.replica_server import ReplicaServer
+from control_plane.gateway.replica_server import ReplicaServer, raise_open_files_limit
 from control_plane.observability import logs, metrics, tracing
 
 logger = logging.getLogger(__name__)
@@ -150,6 +150,15 @@ class Gateway:
         self._metrics = asyncio.get_running_loop().create_task(
             metrics.flush_every(self._manager.flush_metrics)
         )
+        # A file descriptor per socket: the soft limit (often 1,024) up to the hard one.
+        soft, hard = raise_open_files_limit()
+        log = logger.info if soft > config.socket.max_connections else logger.warning
+        log(
+            "open files limit %d (hard %d) for at most %d sockets on this replica",
+            soft,
+            hard,
+            config.socket.max_connections,
+        )
         self._server = ReplicaServer(
             app,
             config.host,
@@ -158,6 +167,7 @@ class Gateway:
             ping_timeout=config.socket.heartbeat_timeout,
             port_span=config.port_span,
             handshake_timeout=config.socket.handshake_timeout,
+            sockets={"/ws": self._socket},
         )
         self._server.start(ready=_replica_initialized)
         self._address = GatewayAddress(
@@ -219,6 +229,11 @@ class Gateway:
 
     @app.websocket("/ws")
     async def ws(self, websocket: WebSocket) -> None:
+        """The socket endpoint (the replica's server hands ``/ws`` to :meth:`_socket`
+        directly; this route serves it where FastAPI routes it, as behind Serve's proxy)."""
+        await self._socket(websocket)
+
+    async def _socket(self, websocket: WebSocket) -> None:
         headers = websocket.headers
         host = headers.get("host")
         error_code = "forbidden_host"

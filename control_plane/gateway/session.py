@@ -1,18 +1,26 @@
-"""One socket of a gateway replica: its reader, writer and watchdog tasks, its send queue,
-and its side of the replay seam.
+"""One socket of a gateway replica: its read loop, its send queue, and its side of the
+replay seam. An idle socket has no task of its own (10,000 sockets share one replica):
 
-A session runs three tasks in one task group; when one ends the others are cancelled:
+* the read loop runs in the ASGI handler's task (the one uvicorn made for the socket): it
+  takes client frames, answers bad ones with an ``error`` (the socket stays), and runs each
+  request in a task of its own (a subscribe waits for the hub's replay);
+* frames are written by whoever has them, at once, when the socket can take them
+  (``wire.py``: the fan-out writes one shared frame to every socket it is for); when the
+  transport is paused (the peer's TCP window is shut) they wait in the
+  :class:`~control_plane.core.outbox.Outbox`, and a writer task, started then and ended
+  when the outbox is empty, awaits the socket for each, so the transport paces it;
+* the manager's one watchdog (:meth:`Session.check`, for every socket each period) closes
+  a socket whose writer is stuck on one frame for ``max_lag`` (the client reads nothing)
+  or that never subscribes.
 
-* the reader takes client frames, answers bad ones with an ``error`` (the socket stays),
-  and runs each request in a task of its own (a subscribe waits for the hub's replay);
-* the writer pops the :class:`~control_plane.core.outbox.Outbox` and awaits the socket for
-  each frame, so the transport paces it (uvicorn waits while the peer's TCP window is shut);
-* the watchdog closes a socket whose writer is stuck on one frame for ``max_lag`` (the
-  client reads nothing) or that never subscribes.
-
-Closing runs in a task of its own, so that a close started by one of the three is not
+Closing runs in a task of its own, so that a close started by the read loop is not
 cancelled with it; a close that cannot be sent within ``close_timeout`` (the peer reads
-nothing, so even the close frame waits) aborts the connection.
+nothing, so even the close frame waits) aborts the connection, and a finished close ends
+the read loop.
+
+Measured per idle socket (``python -m benchmarks.socket_cost --trace``, 500 sockets):
+before, 16.6 KB of ours (the session with a task group of three tasks, its outbox's
+events, ...) in 47 KB of replica RSS; ``manager.py`` has the figures after.
 
 Session states::
 
@@ -66,6 +74,7 @@ from control_plane.core.protocol import (
     server_frame,
 )
 from control_plane.core.seam import Offer, SocketSeam
+from control_plane.gateway import wire
 from control_plane.gateway.replica_server import abort_connection
 from control_plane.observability import tracing
 
@@ -120,6 +129,38 @@ class SessionState(StrEnum):
 
 
 class Session:
+    # Ten thousand of these live in one replica: slots, and what few sockets need (a
+    # writer task, the catch-up event, request sets) made only when one does.
+    __slots__ = (
+        "_catcher",
+        "_caught_up",
+        "_closer",
+        "_expiry",
+        "_gone",
+        "_protocol",
+        "_reading",
+        "_requests",
+        "_stop_reading",
+        "_subscribes",
+        "_writer",
+        "client_id",
+        "close_code",
+        "config",
+        "delivered",
+        "heartbeat",
+        "job_ids",
+        "manager",
+        "outbox",
+        "peer_code",
+        "principal",
+        "principal_key",
+        "requests",
+        "seam",
+        "state",
+        "subscribing",
+        "websocket",
+    )
+
     def __init__(
         self,
         manager: WebSocketManager,
@@ -140,7 +181,7 @@ class Session:
             self.config.requests_per_second, self.config.request_burst, time.monotonic()
         )
         self.subscribing = 0  # subscribes in flight (not acknowledged yet)
-        self._subscribes: set[int] = set()  # id() of each of them
+        self._subscribes: set[int] | None = None  # id() of each of them
         self.state = SessionState.OPEN
         self.outbox = Outbox(self.config.send_queue_size)
         self.heartbeat = Heartbeat(time.monotonic())
@@ -149,13 +190,19 @@ class Session:
         self.delivered = 0
         self.close_code: int | None = None
         self.peer_code: int | None = None  # the close code the peer (or its transport) gave
-        self.job_ids: set[str] = set()  # of the job channels it subscribed to (for the logs)
-        self._writer: asyncio.Task[None] | None = None
+        self.job_ids: tuple[str, ...] = ()  # of the job channels it subscribed to (logs)
+        # uvicorn's protocol, for frames written at once (``wire.py``); None: always ASGI.
+        self._protocol = wire.server_protocol(websocket)
+        if self._protocol is not None:
+            wire.release_handshake(self._protocol)
+        self._writer: asyncio.Task[None] | None = None  # only while frames wait in the outbox
         self._closer: asyncio.Task[None] | None = None
         self._catcher: asyncio.Task[None] | None = None
-        self._caught_up = asyncio.Event()  # clear while catching up: subscribes wait
-        self._caught_up.set()
-        self._requests: set[asyncio.Task[None]] = set()
+        self._caught_up: asyncio.Event | None = None  # set while catching up: subscribes wait
+        self._requests: set[asyncio.Task[None]] | None = None
+        self._reading: asyncio.Task[Any] | None = None  # run()'s task, while it reads
+        self._stop_reading = False  # the close cancelled the read loop (run() carries on)
+        self._gone = False  # a send found the peer gone
 
     @property
     def closing(self) -> bool:
@@ -164,29 +211,31 @@ class Session:
     # --- running ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Serve the socket until it closes (either side)."""
+        """Serve the socket until it closes (either side). The read loop runs in the
+        caller's task (the ASGI handler's): a socket has no task of its own while it
+        idles. The manager's watchdog judges it; frames are written by whoever has them."""
+        task = asyncio.current_task()
         try:
-            async with asyncio.TaskGroup() as group:
-                self._writer = group.create_task(self._write())
-                tasks = {
-                    self._writer,
-                    group.create_task(self._read()),
-                    group.create_task(self._watch()),
-                }
-                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                for task in tasks:
-                    task.cancel()
-        except* WebSocketDisconnect:
+            self._reading = task
+            await self._read()
+        except asyncio.CancelledError:
+            if not self._stop_reading or task is None:
+                raise
+            task.uncancel()  # our own close ended the read loop: finish as after a disconnect
+        except WebSocketDisconnect:
             pass
-        except* Exception:
+        except Exception:
             logger.exception("socket %s failed", self.client_id)
         finally:
+            self._reading = None
             if self._expiry is not None:
                 self._expiry.cancel()
-            for request in self._requests:
+            for request in self._requests or ():
                 request.cancel()
             if self._catcher is not None:
                 self._catcher.cancel()
+            if self._writer is not None:
+                self._writer.cancel()
             self.manager.forget(self)
             if self._closer is not None:
                 with contextlib.suppress(Exception):
@@ -194,11 +243,22 @@ class Session:
             self.state = SessionState.CLOSED
             self.manager.closed(self)
 
+    def check(self, now: float, limits: HeartbeatLimits) -> None:
+        """The watchdog's look at this socket (the manager calls it for every socket)."""
+        if self.closing:
+            return
+        verdict = self.heartbeat.verdict(now, limits)
+        if verdict is Verdict.SLOW:
+            self._slow(f"a send blocked for over {limits.max_lag:g} s")
+        elif verdict is Verdict.NO_SUBSCRIBE:
+            self.close_soon(CloseCode.NO_SUBSCRIBE, verdict.value)
+
     # --- sending ---------------------------------------------------------------------------
 
-    def offer(self, entry: LogEntry) -> None:
-        """A live entry for this socket (from the replica's hub reader)."""
-        if self.closing:
+    def offer(self, entry: LogEntry, frame: bytes | None = None) -> None:
+        """A live entry for this socket (from the replica's hub reader); ``frame`` is its
+        wire frame (``wire.text_frame``), made once for every socket that gets it."""
+        if self.closing or self._gone:
             return
         if not self.principal.is_admin and not may_receive(
             self.principal, entry, self.manager.owners
@@ -206,22 +266,46 @@ class Session:
             return
         offer = self.seam.live(entry)
         if offer is Offer.SEND:
-            self._queue(entry)
+            self._queue(entry, frame)
         elif offer is Offer.HELD and self.seam.merge.overflowing:
             self._slow(f"{len(self.seam.merge)} events held back behind a replay")
 
     def reply(self, frame: dict[str, Any]) -> None:
         """Queue a reply (ack, error, pong, snapshot, welcome)."""
-        if not self.closing and not self.outbox.push(encode(frame), reply=True):
+        if self.closing or self._gone:
+            return
+        if not self._send(encode(frame), None, reply=True):
             self._slow("no room for a reply")
 
-    def _queue(self, entry: LogEntry) -> None:
-        if self.outbox.push(entry.frame):
+    def _send(self, text: str, frame: bytes | None, reply: bool = False) -> bool:
+        """Write ``text`` now when the socket takes it at once and nothing waits before it,
+        else queue it for the writer (started if need be); False: the outbox is full."""
+        protocol = self._protocol
+        if (
+            protocol is not None
+            and self._writer is None
+            and not self.outbox
+            and wire.direct(protocol)
+        ):
+            wire.write(protocol, frame if frame is not None else wire.text_frame(text))
+            self.manager.frames_sent += 1
+            return True
+        if not self.outbox.push(text, reply):
+            return False
+        self._start_writer()
+        return True
+
+    def _start_writer(self) -> None:
+        if self._writer is None and self.outbox:
+            self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    def _queue(self, entry: LogEntry, frame: bytes | None = None) -> None:
+        if self._send(entry.frame, frame):
             self.delivered += 1
         elif self.seam.fell_behind(entry):
             # It reads, but the events come faster: go on from the hub's history.
             self.manager.catch_ups += 1
-            self._caught_up.clear()
+            self._caught_up = asyncio.Event()
             self._catcher = asyncio.get_running_loop().create_task(self._catch_up())
         else:
             self._slow(f"{len(self.outbox)} events queued")
@@ -259,7 +343,9 @@ class Session:
             logger.exception("catching up %s failed", self.client_id)
             self._slow("catching up failed")
         finally:
-            self._caught_up.set()
+            caught_up, self._caught_up = self._caught_up, None
+            if caught_up is not None:
+                caught_up.set()
 
     def _slow(self, why: str) -> None:
         if self.closing:
@@ -269,27 +355,20 @@ class Session:
         self.close_soon(CloseCode.SLOW_CONSUMER, "slow consumer")
 
     async def _write(self) -> None:
-        ws, beat = self.websocket, self.heartbeat
+        """Send what waits in the outbox through ASGI (the transport paces it), then end:
+        frames go straight to the socket again once the outbox is empty."""
+        ws, beat, outbox = self.websocket, self.heartbeat, self.outbox
         try:
-            while (frame := await self.outbox.get()) is not None:
+            while (frame := outbox.pop()) is not None:
                 beat.sending(time.monotonic())
                 await ws.send_text(frame)
                 beat.sent()
                 self.manager.frames_sent += 1
         except (WebSocketDisconnect, RuntimeError, OSError):
-            return  # the peer is gone; the reader sees the disconnect
-
-    async def _watch(self) -> None:
-        cfg = self.config
-        limits = HeartbeatLimits(cfg.max_lag, cfg.subscribe_deadline)
-        period = max(0.05, min(cfg.max_lag, cfg.subscribe_deadline) / 4)
-        while not self.closing:
-            await asyncio.sleep(period)
-            verdict = self.heartbeat.verdict(time.monotonic(), limits)
-            if verdict is Verdict.SLOW:
-                self._slow(f"a send blocked for over {cfg.max_lag:g} s")
-            elif verdict is Verdict.NO_SUBSCRIBE:
-                self.close_soon(CloseCode.NO_SUBSCRIBE, verdict.value)
+            self._gone = True  # the peer is gone; the reader sees the disconnect
+        finally:
+            if self._writer is asyncio.current_task():
+                self._writer = None
 
     # --- closing ---------------------------------------------------------------------------
 
@@ -307,6 +386,17 @@ class Session:
         await asyncio.shield(self.close_soon(code, reason))
 
     async def _close(self, code: int, reason: str) -> None:
+        try:
+            await self._send_close(code, reason)
+        finally:
+            # uvicorn hands the reader a disconnect once a close is sent or the connection
+            # aborted; a server that does not would leave it waiting, so end it here.
+            reading = self._reading
+            if reading is not None and reading is not asyncio.current_task():
+                self._stop_reading = True
+                reading.cancel()
+
+    async def _send_close(self, code: int, reason: str) -> None:
         if self._writer is not None and self._writer is not asyncio.current_task():
             self._writer.cancel()  # it may wait on a peer that reads nothing
         ws = self.websocket
@@ -324,50 +414,72 @@ class Session:
     # --- requests --------------------------------------------------------------------------
 
     async def _read(self) -> None:
-        ws, limit = self.websocket, self.config.max_frame_bytes
+        # The loop keeps no local of the last request: an idle socket's frame holds none.
+        ws = self.websocket
         while True:
-            message = await ws.receive()
-            if message["type"] == "websocket.disconnect":
-                self.peer_code = message.get("code")
-                return
-            text = message.get("text")
-            size = _frame_size(text, message.get("bytes"), limit)
-            if size > limit:
-                why = f"frame of {size} bytes is over the {limit} limit"
-                await self.close(CloseCode.TOO_BIG, why)
-                return
-            if text is None:
-                self.reply(error_reply(None, "binary_frame", "send JSON as text frames"))
+            too_big = self._take(await ws.receive())
+            if too_big is None:
                 continue
-            try:
-                msg = parse_client_message(text, self.config.max_depth)
-            except BadFrame as e:
-                self.reply(error_reply(e.request_id, e.code, e.message))
-                continue
-            if isinstance(msg, Pong):
-                continue  # answers to the pings of older servers: nothing to do
-            refusal = self._refusal(msg)
-            if refusal is not None:
-                self.reply(error_reply(msg.id, *refusal))
-                continue
-            task = asyncio.get_running_loop().create_task(self._handle(msg))
-            self._requests.add(task)
-            task.add_done_callback(self._requests.discard)
-            if isinstance(msg, Subscribe):
-                # In flight until its ack (or error) is queued: what a client can see. The
-                # replay that follows an ack is paced by the send queue.
-                key = id(msg)
-                self.subscribing += 1
-                self._subscribes.add(key)
-                task.add_done_callback(functools.partial(self._subscribed_task, key))
+            if too_big:
+                await self.close(CloseCode.TOO_BIG, too_big)
+            return
+
+    def _take(self, message: Any) -> str | None:
+        """One client message: None to read on; else stop (a reason to close with 1009,
+        or "" after a disconnect)."""
+        if message["type"] == "websocket.disconnect":
+            self.peer_code = message.get("code")
+            return ""
+        limit = self.config.max_frame_bytes
+        text = message.get("text")
+        size = _frame_size(text, message.get("bytes"), limit)
+        if size > limit:
+            return f"frame of {size} bytes is over the {limit} limit"
+        if text is None:
+            self.reply(error_reply(None, "binary_frame", "send JSON as text frames"))
+            return None
+        try:
+            msg = parse_client_message(text, self.config.max_depth)
+        except BadFrame as e:
+            self.reply(error_reply(e.request_id, e.code, e.message))
+            return None
+        if isinstance(msg, Pong):
+            return None  # answers to the pings of older servers: nothing to do
+        refusal = self._refusal(msg)
+        if refusal is not None:
+            self.reply(error_reply(msg.id, *refusal))
+            return None
+        task = asyncio.get_running_loop().create_task(self._handle(msg))
+        if self._requests is None:
+            self._requests = set()
+        self._requests.add(task)
+        task.add_done_callback(self._request_done)
+        if isinstance(msg, Subscribe):
+            # In flight until its ack (or error) is queued: what a client can see. The
+            # replay that follows an ack is paced by the send queue.
+            key = id(msg)
+            self.subscribing += 1
+            if self._subscribes is None:
+                self._subscribes = set()
+            self._subscribes.add(key)
+            task.add_done_callback(functools.partial(self._subscribed_task, key))
+        return None
+
+    def _request_done(self, task: asyncio.Task[None]) -> None:
+        if self._requests is not None:
+            self._requests.discard(task)
+            if not self._requests:
+                self._requests = None
 
     def _subscribed_task(self, key: int, _: asyncio.Task[None]) -> None:
         self._subscribed(key)
 
     def _subscribed(self, key: int) -> None:
-        if key in self._subscribes:
+        if self._subscribes is not None and key in self._subscribes:
             self._subscribes.discard(key)
             self.subscribing -= 1
+            if not self._subscribes:
+                self._subscribes = None
 
     def _refusal(self, msg: ClientMessage) -> tuple[str, str] | None:
         """(code, message) when a limit refuses ``msg``, else None."""
@@ -435,8 +547,11 @@ class Session:
             self.state = SessionState.SUBSCRIBED
         self.heartbeat.subscribed = True
         prefix = JOB_CHANNEL_PREFIX
-        self.job_ids.update(c[len(prefix) :] for c in msg.channels if c.startswith(prefix))
-        await self._caught_up.wait()  # a socket catching up subscribes once it is live
+        jobs = {c[len(prefix) :] for c in msg.channels if c.startswith(prefix)}
+        if jobs - set(self.job_ids):
+            self.job_ids = tuple(sorted(jobs.union(self.job_ids)))
+        if self._caught_up is not None:
+            await self._caught_up.wait()  # a socket catching up subscribes once it is live
         live_from = self.manager.add_channels(self, msg.channels)
         self.seam.subscribed(msg.channels, live_from, msg.since)
         if msg.since is None:
@@ -569,13 +684,15 @@ class Session:
         """Queue a replayed entry, waiting for room; False when the socket is closing."""
         if self.closing:
             return False
-        try:
-            async with asyncio.timeout(self.config.max_lag):
-                if not await self.outbox.put(entry.frame):
-                    return False
-        except TimeoutError:
-            self._slow(f"no room for a replay in {self.config.max_lag:g} s")
-            return False
+        if not self._send(entry.frame, None):
+            try:
+                async with asyncio.timeout(self.config.max_lag):
+                    if not await self.outbox.put(entry.frame):
+                        return False
+            except TimeoutError:
+                self._slow(f"no room for a replay in {self.config.max_lag:g} s")
+                return False
+            self._start_writer()
         self.seam.sent(entry)
         self.delivered += 1
         return True
