@@ -252,6 +252,11 @@ class EventHub:
     async def head(self) -> tuple[str, int]:
         return self._log.epoch, self._log.head
 
+    async def shard_info(self) -> tuple[int, int]:
+        """(this shard's index, the hub's shard count): one hub is shard 0 of 1
+        (``actors/hub_shards.py`` has the sharded hub)."""
+        return 0, 1
+
 
 EventHubActor: Any = ray.remote(EventHub)
 
