@@ -115,8 +115,9 @@ def ensure_hubs(
         if running != 1:
             raise ControlPlaneError(f"the event hub runs with {running} shards, not 1")
         return [handle]
-    made = [
-        ShardHubActor.options(**runtime.singleton_options(shard_name(k))).remote(
+
+    def make(k: int) -> Any:
+        return ShardHubActor.options(**runtime.singleton_options(shard_name(k))).remote(
             k,
             shards,
             capacity,
@@ -125,11 +126,12 @@ def ensure_hubs(
             history_bytes=history_bytes,
             max_event_bytes=max_event_bytes,
         )
-        for k in range(shards)
-    ]
-    running = count(made[0])
+
+    first = make(0)  # an existing hub is checked before any other shard is made
+    running = count(first)
     if running != shards:
         raise ControlPlaneError(f"the event hub runs with {running} shards, not {shards}")
+    made = [first, *(make(k) for k in range(1, shards))]
     ray.get([h.head.remote() for h in made])
     return made
 
