@@ -459,6 +459,7 @@ class WebSocketManager:
             "cursor": wire_cursor(self.cursors()) if self.readers else 0,
             "channels": len(reader.wanted.channels) if reader is not None else 0,
             "reader": reader.stats() if reader is not None else None,
+            **({"readers": [r.stats() for r in self.readers]} if self.shards > 1 else {}),
         }
 
 

@@ -28,6 +28,11 @@ import httpx
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from control_plane.actors import hub_shards
+from control_plane.core.hub_log import TARGET_ALL
+from control_plane.core.protocol import normalize_event
+from control_plane.core.shards import shard_of_job
+
 Frame = dict[str, Any]
 
 # Frames that are not hub events, even should a future gateway give them a ``seq``.
@@ -41,6 +46,40 @@ def event_key(frame: Frame) -> int:
     """What identifies a hub event: its seq (one shard), else its shard and seq (a hub
     with ``--hub-shards``, whose frames say ``shard``). Keys of one shard keep seq order."""
     return int(frame.get("shard") or 0) * SHARD_SPAN + int(frame["seq"])
+
+
+def seq_on(cursor: int | dict[str, int], job_id: str) -> int:
+    """A cursor's seq on the shard of ``job_id``'s events (with one shard, the cursor)."""
+    if isinstance(cursor, int):
+        return cursor
+    return cursor[str(shard_of_job(job_id, len(cursor)))]
+
+
+async def markers() -> list[tuple[int, int]]:
+    """Broadcast an ``app.marker`` on every shard of the hub; return their (shard, seq). A
+    socket that read them all has read what each shard had before (with one shard: what
+    ``broadcast`` does)."""
+    hubs = await asyncio.to_thread(hub_shards.handles)
+    event = normalize_event({"type": "app.marker"})
+    seqs = await asyncio.gather(*(h.publish.remote([event], TARGET_ALL) for h in hubs))
+    return list(enumerate(seqs))
+
+
+def read_all(client: RawClient, marks: list[tuple[int, int]]) -> Callable[[], bool]:
+    """For ``client.wait_until``: whether it read every marker of :func:`markers` (each
+    frame looked at once)."""
+    wanted, seen, looked = set(marks), set(), 0
+
+    def done() -> bool:
+        nonlocal looked
+        for item in client.received[looked:]:
+            key = (int(item.frame.get("shard") or 0), item.frame.get("seq"))
+            if key in wanted and item.frame.get("type") == "app.marker":
+                seen.add(key)
+        looked = len(client.received)
+        return seen >= wanted
+
+    return done
 
 
 def is_event(frame: Frame) -> bool:

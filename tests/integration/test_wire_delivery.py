@@ -33,7 +33,15 @@ from control_plane.actors import hub_shards
 from control_plane.core.hub_log import LogEntry
 from control_plane.core.shards import shard_of
 from tests.conftest import HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT, HISTORY, TOKEN
-from tests.integration.rawclient import SHARD_SPAN, Closed, RawClient, ServerClosed, healthz
+from tests.integration.rawclient import (
+    SHARD_SPAN,
+    Closed,
+    RawClient,
+    ServerClosed,
+    healthz,
+    markers,
+    read_all,
+)
 
 pytestmark = pytest.mark.ray
 
@@ -103,12 +111,10 @@ async def all_read_a_marker(clients: list[RawClient], timeout: float = 120.0) ->
     """Broadcast a marker and wait until every client read it: what the hub had before it
     has reached them all (and any repeat of it would be counted). Returns the closes by the
     server of clients that will not read it."""
-    marker = await control_plane.websocket.get_ws_manager().broadcast({"type": "app.marker"})
+    marks = await markers()  # one per shard: what each shard had before reached them all
+
     outcomes = await asyncio.gather(
-        *(
-            c.wait_for(lambda f: f.get("seq") == marker and not f.get("shard"), timeout)
-            for c in clients
-        ),
+        *(c.wait_until(read_all(c, marks), timeout) for c in clients),
         return_exceptions=True,
     )
     for outcome in outcomes:
