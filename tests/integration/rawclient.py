@@ -65,6 +65,12 @@ async def markers() -> list[tuple[int, int]]:
     return list(enumerate(seqs))
 
 
+def is_marker(frame: Frame, marks: list[tuple[int, int]]) -> bool:
+    """Whether ``frame`` is one of the markers ``marks`` (:func:`markers`)."""
+    key = (int(frame.get("shard") or 0), frame.get("seq"))
+    return frame.get("type") == "app.marker" and key in marks
+
+
 def read_all(client: RawClient, marks: list[tuple[int, int]]) -> Callable[[], bool]:
     """For ``client.wait_until``: whether it read every marker of :func:`markers` (each
     frame looked at once)."""
