@@ -55,6 +55,13 @@ def seq_on(cursor: int | dict[str, int], job_id: str) -> int:
     return cursor[str(shard_of_job(job_id, len(cursor)))]
 
 
+async def since_on(seq: int, job_id: str) -> int | dict[str, int]:
+    """A ``since`` of ``seq`` on the shard of ``job_id``'s events (the others from their
+    oldest; with one shard, ``seq``)."""
+    shards = len(await asyncio.to_thread(hub_shards.handles))
+    return seq if shards == 1 else {str(shard_of_job(job_id, shards)): seq}
+
+
 async def markers() -> list[tuple[int, int]]:
     """Broadcast an ``app.marker`` on every shard of the hub; return their (shard, seq). A
     socket that read them all has read what each shard had before (with one shard: what

@@ -13,7 +13,7 @@ import ray
 import control_plane
 import control_plane.websocket
 from tests.conftest import HISTORY, TOKEN
-from tests.integration.rawclient import is_marker, markers, seq_on
+from tests.integration.rawclient import is_marker, markers, seq_on, since_on
 from tests.integration.wsclient import TestSocket
 
 pytestmark = pytest.mark.ray
@@ -124,7 +124,8 @@ async def test_sockets_that_subscribe_while_the_gateway_streams_another_job_miss
     assert ray.get([busy.result, watched.result], timeout=120) == [6000, 3000]
     truth_sock = await TestSocket.open(plane.ws_url, TOKEN)
     first_ack = min(s for s, _ in rounds)
-    reply = await truth_sock.subscribe(f"job:{watched.job_id}", since=first_ack)
+    since = await since_on(first_ack, watched.job_id)  # on the job's shard
+    reply = await truth_sock.subscribe(f"job:{watched.job_id}", since=since)
     assert reply["data"]["recovered"] is True
     await truth_sock.wait_type("job.completed", watched.job_id)
     truth = [f["seq"] for f in truth_sock.events(watched.job_id) if f["type"] == "job.progress"]

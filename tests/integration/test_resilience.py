@@ -18,7 +18,7 @@ import control_plane
 import control_plane.websocket
 from control_plane.client import ConnectionState, ControlPlaneClient
 from tests.conftest import TOKEN
-from tests.integration.rawclient import SHARD_SPAN, event_key, is_marker, markers
+from tests.integration.rawclient import SHARD_SPAN, event_key, is_marker, markers, seq_on
 from tests.integration.wsclient import TestSocket
 
 pytestmark = pytest.mark.ray
@@ -135,7 +135,7 @@ async def test_a_client_whose_gateway_dies_reconnects_when_it_returns_and_loses_
     await client.connect()
     stream = asyncio.ensure_future(follow(client, [f"job:{job.job_id}"], {job.job_id}, 1))
     async with asyncio.timeout(60):
-        while client.cursors.get(f"job:{job.job_id}", 0) == 0:
+        while seq_on(client.cursors.get(f"job:{job.job_id}", 0), job.job_id) == 0:
             await asyncio.sleep(0.05)
     [replica] = [
         a
@@ -147,7 +147,7 @@ async def test_a_client_whose_gateway_dies_reconnects_when_it_returns_and_loses_
     await client.close()
     assert ConnectionState.RECONNECTING in states
     assert states[-1] is ConnectionState.CLOSED
-    seqs = [e["seq"] for e in events]
+    seqs = [event_key(e) for e in events]
     assert seqs == await hub_log(plane, [f"job:{job.job_id}"], {job.job_id})
     assert [e["type"] for e in events].count("job.progress") == 300
     async with httpx.AsyncClient(base_url=plane.base_url) as http:
