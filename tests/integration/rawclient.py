@@ -28,6 +28,7 @@ import httpx
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+import control_plane.websocket
 from control_plane.actors import hub_shards
 from control_plane.core.hub_log import TARGET_ALL
 from control_plane.core.protocol import normalize_event
@@ -67,6 +68,9 @@ async def markers() -> list[tuple[int, int]]:
     socket that read them all has read what each shard had before (with one shard: what
     ``broadcast`` does)."""
     hubs = await asyncio.to_thread(hub_shards.handles)
+    if len(hubs) == 1:
+        manager = control_plane.websocket.get_ws_manager()
+        return [(0, await manager.broadcast({"type": "app.marker"}))]
     event = normalize_event({"type": "app.marker"})
     seqs = await asyncio.gather(*(h.publish.remote([event], TARGET_ALL) for h in hubs))
     return list(enumerate(seqs))
