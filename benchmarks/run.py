@@ -10,8 +10,9 @@ the baseline's description and figure (measured in the same run, on the same Ray
     ratio = baseline_value / value   for times and memory (lower is better).
 
 Scenarios (row names start with the word): ``ingest`` (events/s into the hub from 4 jobs,
-with the SQLite log and without it, and the log's bytes per event), ``recovery`` (a hub
-restart with 1,000,000 events in its log, against one with an empty log),
+with the SQLite log and without it, and the log's bytes per event), ``ingest, sharded``
+(the same publishers into 1 hub shard and into 2, and the hub's CPU per event),
+``recovery`` (a hub restart with 1,000,000 events in its log, against one with an empty log),
 ``end to end`` (one job to one socket: sustained events/s and latency at half of it, and
 events/s unpaced against a bare uvicorn endpoint and a Serve-proxied one), ``metrics``
 (ingest and end to end with the ``control_plane_*`` metrics on, against off),
@@ -50,7 +51,7 @@ if str(ROOT) not in sys.path:  # run as a script: make ``benchmarks`` importable
 
 import psutil  # noqa: E402
 
-from benchmarks import control, events, metrics_cost, recovery, report  # noqa: E402
+from benchmarks import control, events, metrics_cost, recovery, report, shards  # noqa: E402
 from benchmarks.harness import Bench, Row, failed_row, other_ray_users, pool_off  # noqa: E402
 
 MIN_FREE_MEMORY = 0.08  # of the total: below it the run stops (a runaway must not take the box)
@@ -94,6 +95,7 @@ class Run:
         # refills would start processes in the middle of what they measure.
         async with pool_off():
             await self.scenario("ingest", self.ingest)
+            await self.scenario("ingest, sharded", lambda: shards.sharded_ingest(self.quick))
             await self.scenario("recovery", lambda: recovery.recovery(e.recovery_events))
             await self.scenario("end to end", lambda: events.end_to_end(b, e))
             await self.scenario("end to end, unpaced", lambda: events.unpaced(b, e))

@@ -30,6 +30,12 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def _env_shards() -> int | None:
+    """``CONTROL_PLANE_HUB_SHARDS``, when set: the hub's shard count without the option."""
+    value = os.environ.get("CONTROL_PLANE_HUB_SHARDS")
+    return int(value) if value else None
+
+
 def _kv(pairs: Sequence[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs:
@@ -128,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="BYTES",
             help="the event log keeps at most this many bytes of events in memory, the oldest "
             "dropped first (default: 256 MiB)",
+        )
+        p.add_argument(
+            "--hub-shards",
+            type=int,
+            default=None,
+            metavar="N",
+            help="N EventHub actors share the events, placed by channel (default: 1; "
+            "CONTROL_PLANE_HUB_SHARDS)",
         )
         p.add_argument(
             "--max-event-bytes",
@@ -291,6 +305,7 @@ def _serve(args: argparse.Namespace) -> int:
                 ("history_bytes", args.history_bytes),
                 ("max_event_bytes", args.max_event_bytes),
                 ("pool_size", args.pool_size),
+                ("hub_shards", args.hub_shards or _env_shards()),
             )
             if value is not None
         },

@@ -20,9 +20,11 @@ from ray import serve
 
 from control_plane.actors import runtime
 from control_plane.actors.controller import ensure_controller
-from control_plane.actors.hub import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, ensure_hub
+from control_plane.actors.hub import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES
+from control_plane.actors.hub_shards import ensure_hubs, names
 from control_plane.core.job_types import DEFAULT_TYPES, JobTypes
 from control_plane.core.limits import DEFAULT_MAX_EVENT_BYTES
+from control_plane.core.shards import MAX_SHARDS
 from control_plane.core.system import SystemConfig
 from control_plane.core.tokens import Credentials
 from control_plane.core.worker_pool import DEFAULT_POOL_SIZE, PoolConfig
@@ -82,6 +84,7 @@ def start(
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     job_types: Iterable[str] = (),
     pool_size: int = DEFAULT_POOL_SIZE,
+    hub_shards: int = 1,
 ) -> ControlPlaneInfo:
     """Make sure Ray, the EventHub, the controller and the gateway run; return where.
 
@@ -96,6 +99,8 @@ def start(
     ``job_types`` (``module:function``) are offered by the page's submit form beside the
     examples. The controller keeps ``pool_size`` job actors started ahead of their jobs,
     so that a submit starts at once (0: each job's actor starts with its job).
+    ``hub_shards`` EventHub actors share the events, placed by channel
+    (``core/shards.py``; one, the default, keeps the wire as it was).
     """
     global _info
     if _info is not None and ray.is_initialized():
@@ -122,6 +127,7 @@ def start(
             max_event_bytes=max_event_bytes,
             job_types=job_types,
             pool_size=pool_size,
+            hub_shards=hub_shards,
         )
     except BaseException:
         if started_ray:  # leave nothing behind that the caller cannot see
@@ -154,6 +160,7 @@ def _start_on_ray(
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     job_types: Iterable[str] = (),
     pool_size: int = DEFAULT_POOL_SIZE,
+    hub_shards: int = 1,
 ) -> ControlPlaneInfo:
     registered = [*DEFAULT_TYPES, *job_types]
     JobTypes(registered)  # a --job-type that does not load fails here, not in the replica
@@ -162,7 +169,8 @@ def _start_on_ray(
         token_value = None
     else:
         token_value = auth.resolve_token(token)
-    ensure_hub(
+    ensure_hubs(
+        hub_shards,
         history,
         state_dir,
         history_age,
@@ -252,7 +260,7 @@ def stop(kill_jobs: bool = True) -> None:
             actor = runtime.get_actor(runtime.job_actor_name(status.job_id))
             if actor is not None:
                 ray.kill(actor, no_restart=True)
-    for name in (runtime.CONTROLLER_NAME, runtime.HUB_NAME):
+    for name in (runtime.CONTROLLER_NAME, *names(MAX_SHARDS)):
         actor = runtime.get_actor(name)
         if actor is not None:
             ray.kill(actor, no_restart=True)

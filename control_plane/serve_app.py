@@ -16,9 +16,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from control_plane.actors.controller import ensure_controller
-from control_plane.actors.hub import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, ensure_hub
+from control_plane.actors.hub import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES
+from control_plane.actors.hub_shards import ensure_hubs
 from control_plane.core.job_types import DEFAULT_TYPES, JobTypes
 from control_plane.core.limits import DEFAULT_MAX_EVENT_BYTES
+from control_plane.core.shards import MAX_SHARDS
 from control_plane.core.tokens import Credentials
 from control_plane.core.worker_pool import DEFAULT_POOL_SIZE, PoolConfig
 from control_plane.gateway import auth
@@ -40,6 +42,7 @@ class GatewayArgs(BaseModel):
     history_age: float | None = Field(None, gt=0)
     history_bytes: int | None = Field(DEFAULT_HISTORY_BYTES, ge=1)
     max_event_bytes: int = Field(DEFAULT_MAX_EVENT_BYTES, ge=1)
+    hub_shards: int = Field(1, ge=1, le=MAX_SHARDS)
     state_dir: str | None = None
     allowed_origins: list[str] = Field(default_factory=list)
     allowed_hosts: list[str] = Field(default_factory=list)
@@ -55,7 +58,8 @@ def app_builder(args: dict[str, Any]) -> Any:
     if given.no_auth:
         auth.check_no_auth_allowed(given.host)
     token = None if given.no_auth else auth.resolve_token()
-    ensure_hub(
+    ensure_hubs(
+        given.hub_shards,
         given.history,
         given.state_dir,
         given.history_age,

@@ -57,6 +57,8 @@ def plane(ray_session: None) -> object:
 
     return control_plane.start(
         port=free_port(),
+        # CONTROL_PLANE_TEST_HUB_SHARDS=2 runs the suite against a hub of two shards.
+        hub_shards=int(os.environ.get("CONTROL_PLANE_TEST_HUB_SHARDS") or 1),
         token=TOKEN,
         history=HISTORY,
         system=SystemConfig(metrics_interval=0.5, stall_after=3.0),

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-import itertools
 import logging
 import time
 import uuid
@@ -37,18 +36,19 @@ from ray import cloudpickle
 from ray.actor import ActorHandle
 from ray.exceptions import GetTimeoutError, RayActorError
 
-from control_plane.actors import runtime, state_dir
+from control_plane.actors import hub_shards, runtime, state_dir
 from control_plane.actors.hub import RayHub
+from control_plane.actors.hub_shards import ShardedSend, wait_shard_refs
 from control_plane.actors.worker_pool import WarmPool, named_job_actors, new_job_id
-from control_plane.core.emitter import EventEmitter, wait_refs
-from control_plane.core.encoding import Encoded, encode_event
+from control_plane.core.emitter import EventEmitter
+from control_plane.core.encoding import encode_event
 from control_plane.core.errors import (
     InvalidTransitionError,
     JobCancelledError,
     JobFailedError,
     JobNotFoundError,
 )
-from control_plane.core.hub_log import TARGET_CHANNEL, LogEntry, ReaderFilter
+from control_plane.core.hub_log import LogEntry, ReaderFilter
 from control_plane.core.lanes import publish_lane
 from control_plane.core.protocol import (
     JOB_CHANNEL_PREFIX,
@@ -70,6 +70,7 @@ from control_plane.core.registry_store import (
     SqliteRegistryStore,
     StoredOutcome,
 )
+from control_plane.core.shards import shard_of_job, sum_stats
 from control_plane.core.system import AlertRules, SystemConfig, collect_cluster_metrics
 from control_plane.core.worker_pool import PoolConfig, cold_reason
 from control_plane.observability import logs, tracing
@@ -109,7 +110,10 @@ class Controller:
         # Job actors started ahead of their jobs (control_plane/core/worker_pool.py).
         self._pool = WarmPool(pool or PoolConfig())
         logs.configure_actor()
-        self._hub = runtime.hub()
+        # The hub's shards (one by default); shard 0 holds ``system`` and the broadcasts,
+        # a job's events go to the shard of its channel (``core/shards.py``).
+        self._hubs = hub_shards.handles()
+        self._hub = self._hubs[0]
         self._submitted: dict[str, float] = {}  # job id → monotonic submit time, until started
         self._self: ActorHandle | None = None
         self._registry = JobRegistry()
@@ -129,32 +133,33 @@ class Controller:
         # Numbered batches (one numbering per life of the controller): a batch that Ray sends
         # again after a hub restart is appended once. A failed publish is logged, not sticky:
         # the controller's own events must not stop for good after one.
-        numbers = itertools.count()
-        publisher = f"controller-{uuid.uuid4().hex[:8]}"
         self._emitter: EventEmitter[dict[str, Any]] = EventEmitter(
-            lambda batch: self._publish(
-                [encode_event(e) for e in batch], TARGET_CHANNEL, publisher, next(numbers)
-            ),
-            wait_refs,
+            ShardedSend(self._hubs, f"controller-{uuid.uuid4().hex[:8]}"), wait_shard_refs
         )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._idempotency = IdempotencyCache()
         self._done: dict[str, asyncio.Event] = {}
         # The hub sends this reader job events only, and of a burst of progress each job's
         # last one: the only one that changes what the registry keeps.
-        self._feed = HubReader(
-            RayHub(self._hub),
-            f"controller-{uuid.uuid4().hex[:8]}",
-            self._apply_entries,
-            self._resync_after,
-            wanted=ReaderFilter(
-                prefixes=(JOB_CHANNEL_PREFIX,),
-                broadcasts=False,
-                clients=frozenset(),
-                latest_progress=True,
-            ),
-            batch=10_000,
-        )
+        # One reader per shard, each feeding the registry (a job's events are on one shard).
+        reader_id = f"controller-{uuid.uuid4().hex[:8]}"
+        self._feeds = [
+            HubReader(
+                RayHub(hub),
+                reader_id,
+                self._apply_entries,
+                self._resync_after,
+                wanted=ReaderFilter(
+                    prefixes=(JOB_CHANNEL_PREFIX,),
+                    broadcasts=False,
+                    clients=frozenset(),
+                    latest_progress=True,
+                ),
+                batch=10_000,
+            )
+            for hub in self._hubs
+        ]
+        self._feed = self._feeds[0]
         self._metrics: asyncio.Task[None] | None = None
         self._load()
         if any(_is_active(r) for r in self._registry.records()):
@@ -192,10 +197,12 @@ class Controller:
         that no job submitted after this is missed."""
         if self._self is None:
             self._self = ray.get_runtime_context().current_actor
-        self._feed.start()
+        for feed in self._feeds:
+            feed.start()
         if self._metrics is None or self._metrics.done():
             self._metrics = asyncio.get_running_loop().create_task(self._metrics_loop())
-        await self._feed.ready()
+        for feed in self._feeds:
+            await feed.ready()
         if self._recovery is None:
             self._recovery = asyncio.get_running_loop().create_task(self._recover())
         await asyncio.shield(self._recovery)
@@ -325,7 +332,9 @@ class Controller:
         # the job: through the emitter it could wait behind a slow publish while a fast job
         # (a cached worker starts it in milliseconds) ran to its end. Not awaited: under
         # the load of starting workers a hub round trip took 80-200 ms of each submit.
-        self._spawn(_published(self._publish([encode_event(created)]), job_id))
+        hub = self._hubs[shard_of_job(job_id, len(self._hubs))]
+        frames = [encode_event(created)]
+        self._spawn(_published(publish_lane(hub, frames).remote(frames), job_id))
         try:
             actor = await self._launch(job_id, warm[1] if warm is not None else None)
         except BaseException as e:
@@ -336,16 +345,6 @@ class Controller:
             self._emitter.emit(make_event("job.failed", failed), True)  # after job.created
             raise
         return job_id, actor
-
-    def _publish(
-        self,
-        events: list[Encoded],
-        target: str = TARGET_CHANNEL,
-        publisher: str | None = None,
-        number: int | None = None,
-    ) -> Any:
-        """Start a publish of encoded events by the hub's lane for them (``core/lanes.py``)."""
-        return publish_lane(self._hub, events).remote(events, target, publisher, number)
 
     def _spec(self, job_id: str) -> tuple[Any, tuple[Any, ...], dict[str, Any], JobOptions]:
         target, args, kwargs, options = cloudpickle.loads(self._specs[job_id])
@@ -382,7 +381,7 @@ class Controller:
             record.owner,
             record.created_at,
             options,
-            self._hub,
+            self._hubs[shard_of_job(job_id, len(self._hubs))],
             self._self,
             restored,
         )
@@ -790,7 +789,13 @@ class Controller:
 
     async def feed_stats(self) -> dict[str, object]:
         """The hub feed's cursor, errors and resets (tests and /healthz read it)."""
-        return self._feed.stats()
+        if len(self._feeds) == 1:
+            return self._feed.stats()
+        stats = [feed.stats() for feed in self._feeds]
+        summed = {
+            k: sum(getattr(f, k) for f in self._feeds) for k in ("received", "errors", "resets")
+        }
+        return {**stats[0], **summed, "shards": stats}
 
     def _forget_trimmed(self) -> None:
         """Drop the jobs the registry no longer keeps (it keeps the newest finished), with
@@ -827,7 +832,7 @@ class Controller:
     async def publish_system_events(self) -> dict[str, Any]:
         """Publish one ``system.metrics`` (and any due ``system.alert``); return the metrics."""
         cluster = await asyncio.to_thread(collect_cluster_metrics)
-        stats = await self._hub.stats.remote()
+        stats = sum_stats(await asyncio.gather(*(h.stats.remote() for h in self._hubs)))
         metrics = {
             **{k: v for k, v in cluster.items() if k != "node_ids"},
             "jobs": self._registry.counts(),

@@ -134,7 +134,7 @@ class EventHub:
         check_batch(encoded, self._max_event_bytes)
         if metrics.enabled():
             self._published.update(map(itemgetter(0), encoded))
-        return self._writer.publish(encoded, target)
+        return self._writer.publish(self._prepare(encoded), target)
 
     @ray.method(concurrency_group="bulk")
     @on_log_loop
@@ -176,6 +176,7 @@ class EventHub:
     ) -> int:
         self._start_sweeper()
         check_batch(events, self._max_event_bytes)  # refused whole: nothing appended
+        events = self._prepare(events)
         if metrics.enabled():
             self._published.update(map(itemgetter(0), events))
         start = tracing.now_ns() if tracing.active() else 0
@@ -188,6 +189,10 @@ class EventHub:
         if start:
             tracing.record("hub.append", start, events=len(events), head=head)
         return head
+
+    def _prepare(self, events: list[Encoded]) -> list[Encoded]:
+        """The events as they are appended (a shard tags them with its index)."""
+        return events
 
     def _admit(
         self, events: list[Encoded], target: str, publisher: str | None, number: int | None
@@ -334,6 +339,11 @@ class EventHub:
     @on_log_loop
     async def head(self) -> tuple[str, int]:
         return self._log.epoch, self._log.head
+
+    async def shard_info(self) -> tuple[int, int]:
+        """(this shard's index, the hub's shard count): one hub is shard 0 of 1
+        (``actors/hub_shards.py`` has the sharded hub)."""
+        return 0, 1
 
 
 EventHubActor: Any = ray.remote(concurrency_groups={"bulk": BULK_CALLS})(EventHub)  # type: ignore[call-overload]

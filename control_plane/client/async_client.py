@@ -57,6 +57,7 @@ from control_plane.core.protocol import (
     reconnects_after,
     utc_now_iso,
 )
+from control_plane.core.shards import WireCursor, cursor_max, cursor_min
 from control_plane.gateway.auth import resolve_token
 
 logger = logging.getLogger(__name__)
@@ -156,7 +157,10 @@ class ControlPlaneClient:
         # channel -> where it resumes: the last seq seen on it, or the seq it started from.
         # Per channel, because only within a channel do events arrive in seq order (a
         # replay of one channel may come after newer events of another).
-        self._cursors: dict[str, int] = {}
+        # With a sharded hub (the welcome says ``shards``) a cursor is a seq per shard,
+        # ``{"0": 120, "1": 95}`` (``core/shards.py``).
+        self._cursors: dict[str, WireCursor] = {}
+        self.shards = 1
         self._streams: set[_Stream] = set()
         self._seen = _SeenSeqs()
         self._pending: dict[str, tuple[asyncio.Future[Event], dict[str, Any]]] = {}
@@ -202,7 +206,7 @@ class ControlPlaneClient:
     # --- the public API --------------------------------------------------------------------
 
     async def events(
-        self, channels: Iterable[str] | None = None, *, since: int | None = None
+        self, channels: Iterable[str] | None = None, *, since: WireCursor | None = None
     ) -> AsyncIterator[Event]:
         """Subscribe to ``channels`` and yield their events (and ``job.snapshot`` frames and
         ``client.gap`` events) until the client closes. ``channels=None`` subscribes nothing
@@ -224,7 +228,9 @@ class ControlPlaneClient:
             if added and not self._closing:
                 self._forget(added)
 
-    async def subscribe(self, channels: Iterable[str], since: int | None = None) -> dict[str, Any]:
+    async def subscribe(
+        self, channels: Iterable[str], since: WireCursor | None = None
+    ) -> dict[str, Any]:
         """Subscribe; with ``since``, the retained events after it are replayed first (they
         follow the ack). Returns the ack's data; a channel the server rejects raises."""
         message: dict[str, Any] = {"type": "subscribe", "channels": list(channels)}
@@ -281,8 +287,9 @@ class ControlPlaneClient:
         return sorted(self._cursors)
 
     @property
-    def cursors(self) -> dict[str, int]:
-        """Where each channel resumes after a reconnect: the last seq seen on it."""
+    def cursors(self) -> dict[str, WireCursor]:
+        """Where each channel resumes after a reconnect: the last seq seen on it (of each
+        shard, with a sharded hub)."""
         return dict(self._cursors)
 
     # --- requests --------------------------------------------------------------------------
@@ -406,7 +413,9 @@ class ControlPlaneClient:
             first: set[asyncio.Future[Any]] = {session.welcome, reader}
             await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
             if session.welcome.done():
-                self.epoch = self.epoch or session.welcome.result().get("epoch")
+                welcome = session.welcome.result()
+                self.epoch = self.epoch or welcome.get("epoch")
+                self.shards = int(welcome.get("shards") or 1)
                 await self._resume(session)
                 connected = True
                 self._set_state(ConnectionState.CONNECTED)
@@ -428,12 +437,13 @@ class ControlPlaneClient:
     async def _resume(self, session: _Session) -> None:
         """Re-subscribe every channel from where it left off (one subscribe per distinct
         ``since``); the replays follow the acks."""
-        groups: dict[int, list[str]] = {}
+        groups: dict[str, tuple[WireCursor, list[str]]] = {}
         for channel, since in self._cursors.items():
-            groups.setdefault(since, []).append(channel)
+            key = json.dumps(since, sort_keys=True)
+            groups.setdefault(key, (since, []))[1].append(channel)
         requests: list[dict[str, Any]] = [
             {"type": "subscribe", "channels": channels, "since": since, "epoch": self.epoch}
-            for since, channels in sorted(groups.items())
+            for _, (since, channels) in sorted(groups.items())
         ]
         # The gateway takes a few subscribes in flight per socket (README "Limits"): send
         # them in groups that stay within its default.
@@ -500,15 +510,20 @@ class ControlPlaneClient:
 
     def _on_subscribe_ack(self, data: dict[str, Any], message: dict[str, Any]) -> None:
         """Handled in the reader, before the replayed events that follow the ack."""
-        epoch, head = data.get("epoch"), int(data.get("seq") or 0)
+        epoch = data.get("epoch")
+        head: WireCursor = data.get("seq") or 0
         changed = epoch is not None and self.epoch is not None and epoch != self.epoch
         if changed:  # a new hub log: its seqs start over
-            self._cursors = {c: min(seq, head) for c, seq in self._cursors.items()}
+            self._cursors = {c: cursor_min(seq, head) for c, seq in self._cursors.items()}
         self.epoch = epoch or self.epoch
-        # A live subscribe starts at the ack's seq; with since, at since.
-        start = head if message.get("since") is None else message["since"]
+        # A live subscribe starts at the ack's seq; with since, at since (an integer since
+        # to a sharded hub means that seq on every shard).
+        since = message.get("since")
+        start: WireCursor = head if since is None else since
+        if isinstance(start, int) and isinstance(head, dict):
+            start = {k: start for k in head}
         for channel in message["channels"]:
-            self._cursors[channel] = max(self._cursors.get(channel, start), start)
+            self._cursors[channel] = cursor_max(self._cursors.get(channel, start), start)
         if "recovered" in data:
             self.recovered = bool(data["recovered"])
         if changed or data.get("recovered") is False:
@@ -519,13 +534,22 @@ class ControlPlaneClient:
 
     def _on_event(self, frame: Event) -> None:
         seq = frame.get("seq")
-        if isinstance(seq, int):
+        shard = frame.get("shard")
+        if isinstance(seq, int) and isinstance(shard, int):  # a sharded hub's event
+            if not self._seen.add((f"{self.epoch}/{shard}", seq)):
+                self.duplicates += 1
+                return
+            receivers = receiving_channels(frame.get("channel") or "", frame["type"])
+            for sub, cursor in self._cursors.items():
+                if sub in receivers:
+                    self._cursors[sub] = cursor_max(cursor, {str(shard): seq})
+        elif isinstance(seq, int):
             if not self._seen.add((self.epoch, seq)):
                 self.duplicates += 1
                 return
             receivers = receiving_channels(frame.get("channel") or "", frame["type"])
             for sub, cursor in self._cursors.items():
-                if seq > cursor and sub in receivers:
+                if isinstance(cursor, int) and seq > cursor and sub in receivers:
                     self._cursors[sub] = seq
         self._emit(frame)
 

@@ -41,7 +41,7 @@ Encoded = tuple[str, str, str, str]
 
 PROGRESS = "job.progress"
 
-ENVELOPE_KEYS = frozenset({"type", "timestamp", "seq", "channel", "data"})
+ENVELOPE_KEYS = frozenset({"type", "timestamp", "seq", "shard", "channel", "data"})
 """Keys of the frame itself: a ``data`` field with one of these names stays in ``data``."""
 
 # Printable ASCII but the quote and the backslash: what json.dumps writes as is.

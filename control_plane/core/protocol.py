@@ -25,6 +25,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeInt,
     StrictInt,
     StrictStr,
     TypeAdapter,
@@ -402,8 +403,19 @@ class _ClientMessage(BaseModel):
 class Subscribe(_ClientMessage):
     type: Literal["subscribe"]
     channels: list[str] = Field(min_length=1, max_length=1000)
-    since: int | None = Field(default=None, ge=0)
-    epoch: str | None = Field(default=None, max_length=64)
+    # An integer, or with a sharded hub one seq per shard: {"0": 120, "1": 95}
+    # (``core/shards.py``).
+    since: NonNegativeInt | dict[str, NonNegativeInt] | None = None
+    epoch: str | None = Field(default=None, max_length=256)
+
+    @field_validator("since")
+    @classmethod
+    def _since_names_shards(cls, since: int | dict[str, int] | None) -> object:
+        if isinstance(since, dict) and not (
+            len(since) <= 64 and all(k.isdigit() and len(k) <= 2 for k in since)
+        ):
+            raise ValueError('a per-shard since is {"<shard>": <seq>, ...}')
+        return since
 
     @field_validator("channels")
     @classmethod
@@ -521,6 +533,8 @@ def _first_error(e: ValidationError) -> str:
     parts = [str(p) for p in err["loc"]]
     if parts and parts[0] in (*CLIENT_MESSAGE_TYPES, "pong"):
         parts = parts[1:]
+    if parts[:1] == ["since"]:  # an integer or a per-shard mapping: name the field only
+        parts = parts[:1]
     loc = ".".join(parts)
     if parts and parts[0] == "id":
         return "id must be a string or an integer"

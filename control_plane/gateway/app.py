@@ -18,7 +18,7 @@ from fastapi import FastAPI, HTTPException, Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from ray import serve
 
-from control_plane.actors import gateway_directory, runtime
+from control_plane.actors import gateway_directory, hub_shards, runtime
 from control_plane.actors.gateway_directory import GatewayAddress
 from control_plane.actors.hub import RayHub
 from control_plane.core.errors import (
@@ -131,13 +131,14 @@ class Gateway:
         self._hosts = auth.allowed_hosts(
             config.host, config.allowed_hosts, ray.util.get_node_ip_address()
         )
-        hub = runtime.hub()
+        hubs = hub_shards.handles()  # shard 0 first; one unless --hub-shards
+        hub = hubs[0]
         self._audit = AuditTrail(
             hub.publish.remote, serve.get_replica_context().replica_id.unique_id
         )
         self._manager.configure(
             config.socket,
-            RayHub(hub),
+            [RayHub(h) for h in hubs] if len(hubs) > 1 else RayHub(hub),
             hub,
             self._run_command,
             self._controller.snapshot.remote,

@@ -42,7 +42,8 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketState
@@ -62,6 +63,7 @@ from control_plane.core.protocol import (
 )
 from control_plane.core.reader import HubPort, HubReader, Reset
 from control_plane.core.routing import SubscriptionIndex
+from control_plane.core.shards import join_epochs, wire_cursor
 from control_plane.gateway.audit import AuditTrail
 from control_plane.gateway.connection_limits import (
     TooManyConnectionsError,
@@ -91,7 +93,8 @@ class WebSocketManager:
         self.config = config or SocketConfig()
         self.sessions: dict[str, Session] = {}
         self.index = SubscriptionIndex()
-        self.reader: HubReader | None = None
+        self.reader: HubReader | None = None  # shard 0's (the only one by default)
+        self.readers: list[HubReader] = []  # one per hub shard, feeding the same fan-out
         self._hub_actor: Any = None
         self._commands: CommandRunner | None = None
         self._snapshots: SnapshotSource | None = None
@@ -111,7 +114,7 @@ class WebSocketManager:
     def configure(
         self,
         config: SocketConfig,
-        hub: HubPort,
+        hub: HubPort | Sequence[HubPort],
         hub_actor: Any = None,
         commands: CommandRunner | None = None,
         snapshots: SnapshotSource | None = None,
@@ -120,7 +123,8 @@ class WebSocketManager:
         audit: AuditTrail | None = None,
     ) -> None:
         """Set up this replica's manager: its hub reader (not started), commands, snapshots,
-        and where job owners come from (without: every socket is an admin's)."""
+        and where job owners come from (without: every socket is an admin's). ``hub`` is a
+        list with a sharded hub: one reader per shard, each feeding :meth:`deliver`."""
         self.config = config
         self._hub_actor = hub_actor
         self._commands = commands
@@ -129,21 +133,37 @@ class WebSocketManager:
         self._authenticator = authenticator
         if audit is not None:
             self.audit = audit
-        self.reader = HubReader(
-            hub,
-            f"gateway-{uuid.uuid4().hex[:12]}",
-            self.deliver,
-            self._on_reset,
-            wanted=self._wanted(),
-            batch=LISTEN_BATCH,
-        )
+        hubs = list(hub) if isinstance(hub, Sequence) else [hub]
+        reader_id = f"gateway-{uuid.uuid4().hex[:12]}"
+        self.readers = [
+            HubReader(
+                port,
+                reader_id,
+                partial(self.deliver, shard=shard),
+                self._on_reset,
+                wanted=self._wanted(),
+                batch=LISTEN_BATCH,
+            )
+            for shard, port in enumerate(hubs)
+        ]
+        self.reader = self.readers[0]
 
     def start(self) -> None:
-        """Start the hub reader (synchronous: one reader however many callers) and the
-        sockets' watchdog."""
-        self._reader().start()
+        """Start the hub readers (synchronous: one reader per shard however many callers)
+        and the sockets' watchdog."""
+        self._reader()
+        for reader in self.readers:
+            reader.start()
         if self._watchdog is None:
             self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+
+    @property
+    def shards(self) -> int:
+        return max(1, len(self.readers))
+
+    def cursors(self) -> list[int]:
+        """Each shard reader's cursor: every entry up to it went through :meth:`deliver`."""
+        return [reader.cursor for reader in self.readers]
 
     async def _watch(self) -> None:
         """One task for every socket: close the slow ones (a send blocked for ``max_lag``)
@@ -166,7 +186,11 @@ class WebSocketManager:
 
     @property
     def epoch(self) -> str | None:
-        return self.reader.epoch if self.reader is not None else None
+        """The hub's epoch (with shards, theirs joined: ``core/shards.py``)."""
+        return join_epochs([r.epoch for r in self.readers]) if self.readers else None
+
+    def shard_epoch(self, shard: int) -> str | None:
+        return self.readers[shard].epoch if self.readers else None
 
     def _hub_handle(self) -> Any:
         if self._hub_actor is None:
@@ -185,8 +209,10 @@ class WebSocketManager:
         (of the replica, of a signed-token principal's sockets) it is refused: an ``error``
         frame, a close with 4029, and :class:`TooManyConnectionsError` raised."""
         principal_key = principal.sub if principal.signed else ""
-        reader = self._reader()
-        epoch, _ = await reader.ready()
+        self._reader()
+        for shard_reader in self.readers:
+            await shard_reader.ready()
+        epoch = self.epoch
         if websocket.client_state is WebSocketState.CONNECTING:
             await websocket.accept()
         refusal = connection_refusal(
@@ -203,15 +229,19 @@ class WebSocketManager:
         # No await from here to the welcome: the socket gets every broadcast after this cursor.
         self.sessions[client_id] = session
         self.index.add_client(client_id)
-        session.seam.went_live(reader.cursor)
+        cursors = self.cursors()
+        for seam, cursor in zip(session.seams, cursors, strict=True):
+            seam.went_live(cursor)
+        sharded = {"shards": self.shards} if self.shards > 1 else {}
         session.reply(
             server_frame(
                 "welcome",
                 client_id=client_id,
                 epoch=epoch,
-                seq=reader.cursor,
+                seq=wire_cursor(cursors),
                 heartbeat_interval=self.config.heartbeat_interval,
                 principal=principal.public(),
+                **sharded,
             )
         )
         session.watch_expiry()
@@ -267,21 +297,27 @@ class WebSocketManager:
             self._principals.pop(session.principal_key, None)
         self._delivered_gone += session.delivered
         self.index.remove_client(session.client_id)
-        self._reader().want(self._wanted())
+        self._want()
 
-    def add_channels(self, session: Session, channels: Iterable[str]) -> int:
-        """Subscribe ``session``; return the reader's cursor: every entry on ``channels``
-        after it reaches the session live, none before it does."""
-        reader = self._reader()
+    def _want(self) -> None:
+        wanted = self._wanted()
+        for reader in self.readers:
+            reader.want(wanted)
+
+    def add_channels(self, session: Session, channels: Iterable[str]) -> list[int]:
+        """Subscribe ``session``; return each shard reader's cursor: every entry on
+        ``channels`` after it reaches the session live, none before it does."""
+        self._reader()
         self.index.subscribe(session.client_id, channels)
-        reader.want(self._wanted())
-        return reader.cursor
+        self._want()
+        return self.cursors()
 
     def remove_channels(self, session: Session, channels: Iterable[str]) -> None:
         channels = list(channels)
         self.index.unsubscribe(session.client_id, channels)
-        session.seam.unsubscribed(channels, self._reader().cursor)
-        self._reader().want(self._wanted())
+        for seam, cursor in zip(session.seams, self.cursors(), strict=True):
+            seam.unsubscribed(channels, cursor)
+        self._want()
 
     def _wanted(self) -> ReaderFilter:
         channels = frozenset(self.index.channels())
@@ -356,8 +392,12 @@ class WebSocketManager:
         epoch: str | None,
         client_id: str,
         upto: int | None = None,
+        shard: int = 0,
     ) -> dict[str, Any]:
-        return await self._reader().hub.replay(since, channels, epoch, client_id, upto)
+        """Shard ``shard``'s replay (``EventLog.replay``)."""
+        self._reader()
+        hub = self.readers[shard].hub
+        return await hub.replay(since, channels, epoch, client_id, upto)
 
     async def snapshot(self, job_id: str) -> dict[str, Any] | None:
         return await self._snapshots(job_id) if self._snapshots is not None else None
@@ -372,8 +412,9 @@ class WebSocketManager:
 
     # --- fan-out -------------------------------------------------------------------------
 
-    def deliver(self, entries: list[LogEntry]) -> None:
-        """Hand each entry to the sessions it is for (the hub reader calls this)."""
+    def deliver(self, entries: list[LogEntry], shard: int = 0) -> None:
+        """Hand each entry of shard ``shard`` to the sessions it is for (the shard's hub
+        reader calls this)."""
         sessions, recipients = self.sessions, self.index.recipients
         for entry in entries:
             if entry.type == CREATED:
@@ -384,7 +425,7 @@ class WebSocketManager:
                 if session is not None:
                     if frame is None:
                         frame = text_frame(entry.frame)
-                    session.offer(entry, frame)
+                    session.offer(entry, frame, shard)
 
     async def _on_reset(self, reset: Reset) -> None:
         # The hub restarted, or this replica fell further behind than the history reaches:
@@ -406,8 +447,8 @@ class WebSocketManager:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
-        if self.reader is not None:
-            await self.reader.stop()
+        for reader in self.readers:
+            await reader.stop()
 
     # --- observability -------------------------------------------------------------------
 
@@ -448,7 +489,8 @@ class WebSocketManager:
         """This replica's counts to Ray's metrics (``flush_every`` calls it each second)."""
         reader = self._reader()
         replica = reader.reader_id
-        rec.set("reader_lag_events", max(0, reader.head - reader.cursor), replica=replica)
+        lag = sum(max(0, r.head - r.cursor) for r in self.readers)
+        rec.set("reader_lag_events", lag, replica=replica)
         rec.set("sockets_open", len(self.sessions), replica=replica)
         rec.flush_count("frames_sent", self.frames_sent)
         rec.flush_counts("socket_closes", "code", {str(c): n for c, n in self.closes.items()})
@@ -463,9 +505,10 @@ class WebSocketManager:
             "slow_closed": self.slow_closed,
             "catch_ups": self.catch_ups,
             "epoch": self.epoch,
-            "cursor": reader.cursor if reader is not None else 0,
+            "cursor": wire_cursor(self.cursors()) if self.readers else 0,
             "channels": len(reader.wanted.channels) if reader is not None else 0,
             "reader": reader.stats() if reader is not None else None,
+            **({"readers": [r.stats() for r in self.readers]} if self.shards > 1 else {}),
         }
 
 

@@ -74,6 +74,7 @@ from control_plane.core.protocol import (
     server_frame,
 )
 from control_plane.core.seam import Offer, SocketSeam
+from control_plane.core.shards import join_epochs, parse_since, split_epoch, wire_cursor
 from control_plane.gateway import wire
 from control_plane.gateway.replica_server import abort_connection
 from control_plane.observability import tracing
@@ -132,7 +133,7 @@ class Session:
     # Ten thousand of these live in one replica: slots, and what few sockets need (a
     # writer task, the catch-up event, request sets) made only when one does.
     __slots__ = (
-        "_catcher",
+        "_catchers",
         "_caught_up",
         "_closer",
         "_expiry",
@@ -155,7 +156,7 @@ class Session:
         "principal",
         "principal_key",
         "requests",
-        "seam",
+        "seams",
         "state",
         "subscribing",
         "websocket",
@@ -186,7 +187,10 @@ class Session:
         self.outbox = Outbox(self.config.send_queue_size)
         self.heartbeat = Heartbeat(time.monotonic())
         queue = self.config.send_queue_size
-        self.seam = SocketSeam(max_held=16 * queue, rejoin_limit=queue)
+        # One seam per hub shard (one by default): seqs are per shard, and so is the seam.
+        self.seams = [
+            SocketSeam(max_held=16 * queue, rejoin_limit=queue) for _ in range(manager.shards)
+        ]
         self.delivered = 0
         self.close_code: int | None = None
         self.peer_code: int | None = None  # the close code the peer (or its transport) gave
@@ -197,12 +201,17 @@ class Session:
             wire.release_handshake(self._protocol)
         self._writer: asyncio.Task[None] | None = None  # only while frames wait in the outbox
         self._closer: asyncio.Task[None] | None = None
-        self._catcher: asyncio.Task[None] | None = None
+        self._catchers: dict[int, asyncio.Task[None]] | None = None  # shard -> its catch-up
         self._caught_up: asyncio.Event | None = None  # set while catching up: subscribes wait
         self._requests: set[asyncio.Task[None]] | None = None
         self._reading: asyncio.Task[Any] | None = None  # run()'s task, while it reads
         self._stop_reading = False  # the close cancelled the read loop (run() carries on)
         self._gone = False  # a send found the peer gone
+
+    @property
+    def seam(self) -> SocketSeam:
+        """The seam of shard 0 (the only one by default)."""
+        return self.seams[0]
 
     @property
     def closing(self) -> bool:
@@ -232,8 +241,8 @@ class Session:
                 self._expiry.cancel()
             for request in self._requests or ():
                 request.cancel()
-            if self._catcher is not None:
-                self._catcher.cancel()
+            for catcher in (self._catchers or {}).values():
+                catcher.cancel()
             if self._writer is not None:
                 self._writer.cancel()
             self.manager.forget(self)
@@ -255,20 +264,22 @@ class Session:
 
     # --- sending ---------------------------------------------------------------------------
 
-    def offer(self, entry: LogEntry, frame: bytes | None = None) -> None:
-        """A live entry for this socket (from the replica's hub reader); ``frame`` is its
-        wire frame (``wire.text_frame``), made once for every socket that gets it."""
+    def offer(self, entry: LogEntry, frame: bytes | None = None, shard: int = 0) -> None:
+        """A live entry of hub shard ``shard`` for this socket (from its hub reader);
+        ``frame`` is its wire frame (``wire.text_frame``), made once for every socket that
+        gets it."""
         if self.closing or self._gone:
             return
         if not self.principal.is_admin and not may_receive(
             self.principal, entry, self.manager.owners
         ):
             return
-        offer = self.seam.live(entry)
+        seam = self.seams[shard]
+        offer = seam.live(entry)
         if offer is Offer.SEND:
-            self._queue(entry, frame)
-        elif offer is Offer.HELD and self.seam.merge.overflowing:
-            self._slow(f"{len(self.seam.merge)} events held back behind a replay")
+            self._queue(entry, frame, shard)
+        elif offer is Offer.HELD and seam.merge.overflowing:
+            self._slow(f"{len(seam.merge)} events held back behind a replay")
 
     def reply(self, frame: dict[str, Any]) -> None:
         """Queue a reply (ack, error, pong, snapshot, welcome)."""
@@ -299,21 +310,24 @@ class Session:
         if self._writer is None and self.outbox:
             self._writer = asyncio.get_running_loop().create_task(self._write())
 
-    def _queue(self, entry: LogEntry, frame: bytes | None = None) -> None:
+    def _queue(self, entry: LogEntry, frame: bytes | None = None, shard: int = 0) -> None:
         if self._send(entry.frame, frame):
             self.delivered += 1
-        elif self.seam.fell_behind(entry):
+        elif self.seams[shard].fell_behind(entry):
             # It reads, but the events come faster: go on from the hub's history.
             self.manager.catch_ups += 1
-            self._caught_up = asyncio.Event()
-            self._catcher = asyncio.get_running_loop().create_task(self._catch_up())
+            if self._caught_up is None:
+                self._caught_up = asyncio.Event()
+            if self._catchers is None:
+                self._catchers = {}
+            self._catchers[shard] = asyncio.get_running_loop().create_task(self._catch_up(shard))
         else:
             self._slow(f"{len(self.outbox)} events queued")
 
-    async def _catch_up(self) -> None:
-        """Rounds of the hub's history after the last queued entry, each when the writer
-        has made room, until the socket is live again (``core/seam.py`` says how)."""
-        cfg, seam = self.config, self.seam
+    async def _catch_up(self, shard: int = 0) -> None:
+        """Rounds of the hub's (shard's) history after the last queued entry, each when the
+        writer has made room, until the socket is live again (``core/seam.py`` says how)."""
+        cfg, seam = self.config, self.seams[shard]
         try:
             while seam.catching_up and not self.closing:
                 try:
@@ -323,29 +337,35 @@ class Session:
                 except TimeoutError:
                     self._slow(f"no room to catch up in {cfg.max_lag:g} s")
                     return
-                reader = self.manager.reader
-                assert reader is not None
-                after, upto, last = seam.catch_up_round(reader.cursor, cfg.send_queue_size)
+                cursor = self.manager.cursors()[shard]
+                after, upto, last = seam.catch_up_round(cursor, cfg.send_queue_size)
                 channels = sorted(self.manager.index.channels_of(self.client_id))
-                reply = await self.manager.replay(after, channels, None, self.client_id, upto)
-                if not reply["recovered"] or reply["epoch"] != self.manager.epoch:
+                reply = await self.manager.replay(
+                    after, channels, None, self.client_id, upto, shard
+                )
+                if not reply["recovered"] or reply["epoch"] != self.manager.shard_epoch(shard):
                     self._slow(f"fell behind the history (after {after}, oldest {reply['oldest']})")
                     return
                 entries, drain = seam.caught_up(self._visible(reply["entries"]), upto, last)
                 for entry in entries:
-                    if not await self._put(entry):
+                    if not await self._put(entry, shard):
                         return
                 if drain:
-                    await self._drain()
+                    await self._drain(shard)
         except asyncio.CancelledError:
             raise
         except Exception:
             logger.exception("catching up %s failed", self.client_id)
             self._slow("catching up failed")
         finally:
-            caught_up, self._caught_up = self._caught_up, None
-            if caught_up is not None:
-                caught_up.set()
+            catchers = self._catchers
+            if catchers is not None and catchers.get(shard) is asyncio.current_task():
+                del catchers[shard]
+            if not catchers:
+                self._catchers = None
+                caught_up, self._caught_up = self._caught_up, None
+                if caught_up is not None:
+                    caught_up.set()
 
     def _slow(self, why: str) -> None:
         if self.closing:
@@ -552,53 +572,70 @@ class Session:
             self.job_ids = tuple(sorted(jobs.union(self.job_ids)))
         if self._caught_up is not None:
             await self._caught_up.wait()  # a socket catching up subscribes once it is live
+        shards = len(self.seams)
+        since = parse_since(msg.since, shards)  # InvalidSinceError: an error reply
         live_from = self.manager.add_channels(self, msg.channels)
-        self.seam.subscribed(msg.channels, live_from, msg.since)
-        if msg.since is None:
-            await self._subscribe_live(msg, live_from)
+        for shard, seam in enumerate(self.seams):
+            seam.subscribed(msg.channels, live_from[shard], None if since is None else since[shard])
+        if since is None:
+            await self._subscribe_live(msg, wire_cursor(live_from))
             return
-        drain = False
+        drains = [False] * shards
+        replies: list[dict[str, Any]] = []
         try:
             await self._send_snapshots(msg.channels)
-            reply = await self.manager.replay(msg.since, msg.channels, msg.epoch, self.client_id)
-            if reply["epoch"] != self.manager.epoch:
-                # A hub epoch the replica's reader has not seen yet: the reader resets and
-                # closes this socket (1012) in a moment, and the client resumes then.
-                live_from = reply["head"]
-            start = msg.since if reply["recovered"] else reply["oldest"] - 1
-            replayed, drain = self.seam.replayed(
-                msg.channels, self._visible(reply["entries"]), start=start, live_from=live_from
-            )
+            epochs = split_epoch(msg.epoch, shards)
+            replayed = 0
+            for shard, seam in enumerate(self.seams):
+                reply = await self.manager.replay(
+                    since[shard], msg.channels, epochs[shard], self.client_id, shard=shard
+                )
+                replies.append(reply)
+                cursor = live_from[shard]
+                if reply["epoch"] != self.manager.shard_epoch(shard):
+                    # A hub epoch the replica's reader has not seen yet: the reader resets and
+                    # closes this socket (1012) in a moment, and the client resumes then.
+                    cursor = reply["head"]
+                start = since[shard] if reply["recovered"] else reply["oldest"] - 1
+                kept, drains[shard] = seam.replayed(
+                    msg.channels, self._visible(reply["entries"]), start=start, live_from=cursor
+                )
+                replayed += kept
             self.reply(
                 self._ack(
                     msg,
-                    epoch=reply["epoch"],
-                    seq=reply["head"],
-                    recovered=reply["recovered"],
+                    epoch=join_epochs([r["epoch"] for r in replies]),
+                    seq=wire_cursor([r["head"] for r in replies]),
+                    recovered=all(r["recovered"] for r in replies),
                     replayed=replayed,
-                    oldest=reply["oldest"],
+                    oldest=wire_cursor([r["oldest"] for r in replies]),
                 )
             )
         except BaseException:
-            drain = self.seam.replay_failed()
+            for shard in range(len(replies), shards):  # the replays that will not come
+                drains[shard] = self.seams[shard].replay_failed()
             raise
         finally:
-            if drain and not self.closing:
-                await self._drain()
+            for shard in range(shards):
+                if drains[shard] and not self.closing:
+                    await self._drain(shard)
 
-    async def _subscribe_live(self, msg: Subscribe, live_from: int) -> None:
+    async def _subscribe_live(self, msg: Subscribe, live_from: int | dict[str, int]) -> None:
         """Without ``since``: the snapshots, the ack, then live events (held meanwhile, so
         that none overtakes the snapshot of its job)."""
         if not any(channel.startswith(JOB_CHANNEL_PREFIX) for channel in msg.channels):
             self.reply(self._ack(msg, seq=live_from, epoch=self.manager.epoch))
             return
-        self.seam.hold_for_snapshots()
+        for seam in self.seams:
+            seam.hold_for_snapshots()
         try:
             await self._send_snapshots(msg.channels)
             self.reply(self._ack(msg, seq=live_from, epoch=self.manager.epoch))
         finally:
-            if self.seam.snapshots_sent() and not self.closing:
-                await self._drain()
+            drains = [seam.snapshots_sent() for seam in self.seams]
+            for shard, drain in enumerate(drains):
+                if drain and not self.closing:
+                    await self._drain(shard)
 
     async def _command(self, msg: JobCommand) -> None:
         # Its round trip and outcome also go to the metrics and the log (``command_done``).
@@ -668,19 +705,19 @@ class Session:
         channels = sorted(self.manager.index.channels_of(self.client_id))
         return ack(msg.id, channels=channels, **data)
 
-    async def _drain(self) -> None:
-        """Send the replay and the live entries held meanwhile, in seq order. A replay may
-        be far larger than the send queue, so it waits for room; a client that takes no
-        frame for ``max_lag`` is slow."""
-        seam = self.seam
+    async def _drain(self, shard: int = 0) -> None:
+        """Send the replay and the live entries held meanwhile (of shard ``shard``), in seq
+        order. A replay may be far larger than the send queue, so it waits for room; a
+        client that takes no frame for ``max_lag`` is slow."""
+        seam = self.seams[shard]
         while batch := seam.next_batch():
             for entry in batch:
                 if seam.claimed_since(entry):
                     continue  # a subscribe with ``since`` said so while the batch went out
-                if not await self._put(entry) or seam.catching_up:
+                if not await self._put(entry, shard) or seam.catching_up:
                     return  # closing, or back to the history (the rounds go on)
 
-    async def _put(self, entry: LogEntry) -> bool:
+    async def _put(self, entry: LogEntry, shard: int = 0) -> bool:
         """Queue a replayed entry, waiting for room; False when the socket is closing."""
         if self.closing:
             return False
@@ -693,7 +730,7 @@ class Session:
                 self._slow(f"no room for a replay in {self.config.max_lag:g} s")
                 return False
             self._start_writer()
-        self.seam.sent(entry)
+        self.seams[shard].sent(entry)
         self.delivered += 1
         return True
 

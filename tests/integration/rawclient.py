@@ -28,10 +28,75 @@ import httpx
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+import control_plane.websocket
+from control_plane.actors import hub_shards
+from control_plane.core.hub_log import TARGET_ALL
+from control_plane.core.protocol import normalize_event
+from control_plane.core.shards import shard_of_job
+
 Frame = dict[str, Any]
 
 # Frames that are not hub events, even should a future gateway give them a ``seq``.
 NOT_EVENTS = frozenset({"welcome", "ack", "error", "ping", "pong", "job.snapshot"})
+
+
+SHARD_SPAN = 2**40  # a sharded hub's events are counted by key: shard * SHARD_SPAN + seq
+
+
+def event_key(frame: Frame) -> int:
+    """What identifies a hub event: its seq (one shard), else its shard and seq (a hub
+    with ``--hub-shards``, whose frames say ``shard``). Keys of one shard keep seq order."""
+    return int(frame.get("shard") or 0) * SHARD_SPAN + int(frame["seq"])
+
+
+def seq_on(cursor: int | dict[str, int], job_id: str) -> int:
+    """A cursor's seq on the shard of ``job_id``'s events (with one shard, the cursor)."""
+    if isinstance(cursor, int):
+        return cursor
+    return cursor[str(shard_of_job(job_id, len(cursor)))]
+
+
+async def since_on(seq: int, job_id: str) -> int | dict[str, int]:
+    """A ``since`` of ``seq`` on the shard of ``job_id``'s events (the others from their
+    oldest; with one shard, ``seq``)."""
+    shards = len(await asyncio.to_thread(hub_shards.handles))
+    return seq if shards == 1 else {str(shard_of_job(job_id, shards)): seq}
+
+
+async def markers() -> list[tuple[int, int]]:
+    """Broadcast an ``app.marker`` on every shard of the hub; return their (shard, seq). A
+    socket that read them all has read what each shard had before (with one shard: what
+    ``broadcast`` does)."""
+    hubs = await asyncio.to_thread(hub_shards.handles)
+    if len(hubs) == 1:
+        manager = control_plane.websocket.get_ws_manager()
+        return [(0, await manager.broadcast({"type": "app.marker"}))]
+    event = normalize_event({"type": "app.marker"})
+    seqs = await asyncio.gather(*(h.publish.remote([event], TARGET_ALL) for h in hubs))
+    return list(enumerate(seqs))
+
+
+def is_marker(frame: Frame, marks: list[tuple[int, int]]) -> bool:
+    """Whether ``frame`` is one of the markers ``marks`` (:func:`markers`)."""
+    key = (int(frame.get("shard") or 0), frame.get("seq"))
+    return frame.get("type") == "app.marker" and key in marks
+
+
+def read_all(client: RawClient, marks: list[tuple[int, int]]) -> Callable[[], bool]:
+    """For ``client.wait_until``: whether it read every marker of :func:`markers` (each
+    frame looked at once)."""
+    wanted, seen, looked = set(marks), set(), 0
+
+    def done() -> bool:
+        nonlocal looked
+        for item in client.received[looked:]:
+            key = (int(item.frame.get("shard") or 0), item.frame.get("seq"))
+            if key in wanted and item.frame.get("type") == "app.marker":
+                seen.add(key)
+        looked = len(client.received)
+        return seen >= wanted
+
+    return done
 
 
 def is_event(frame: Frame) -> bool:
@@ -204,11 +269,24 @@ class RawClient:
         self._reader = None
 
     async def resume(self, channels: Sequence[str], timeout: float = 60.0) -> str:
-        """A new socket, subscribed to ``channels`` from the last seq received."""
+        """A new socket, subscribed to ``channels`` from the last seq received (of each
+        shard, with a sharded hub)."""
         if self.open:
             self.drop()
         await self.connect(timeout)
-        return await self.subscribe(channels, since=self.last_seq)
+        return await self.subscribe(channels, since=self.resume_since)
+
+    @property
+    def resume_since(self) -> int | dict[str, int]:
+        """``since`` for a resume: the last seq read, or with shards the last of each."""
+        sharded = [f for f in self.events() if "shard" in f]
+        if not sharded:
+            return self.last_seq
+        since: dict[str, int] = {}
+        for frame in sharded:
+            key = str(frame["shard"])
+            since[key] = max(since.get(key, 0), frame["seq"])
+        return since
 
     async def close(self, timeout: float = 10.0) -> None:
         if self.ws is not None:
@@ -245,7 +323,9 @@ class RawClient:
                 )
             raise ServerClosed(self.closes[-1]) from e
 
-    async def subscribe(self, channels: Sequence[str], since: int | None = None) -> str:
+    async def subscribe(
+        self, channels: Sequence[str], since: int | dict[str, int] | None = None
+    ) -> str:
         """Send a subscribe frame; returns its request id (the ack carries it)."""
         request_id = f"s{next(self._ids)}"
         message: Frame = {"type": "subscribe", "channels": list(channels), "id": request_id}
@@ -353,18 +433,19 @@ class RawClient:
         ]
 
     def seqs(self, channels: Iterable[str] | None = None) -> list[int]:
-        return [f["seq"] for f in self.events(channels)]
+        """The events' keys (:func:`event_key`: their seqs, with one shard)."""
+        return [event_key(f) for f in self.events(channels)]
 
     def seqs_by_channel(self) -> dict[str, list[int]]:
         out: dict[str, list[int]] = {}
         for frame in self.events():
-            out.setdefault(frame["channel"], []).append(frame["seq"])
+            out.setdefault(frame["channel"], []).append(event_key(frame))
         return out
 
     @property
     def last_seq(self) -> int:
-        """The seq to resume from: the greatest one read (0 before any)."""
-        return max(self.seqs(), default=0)
+        """The seq to resume from: the greatest one read (0 before any; one shard)."""
+        return max((f["seq"] for f in self.events()), default=0)
 
     def duplicates(self) -> list[int]:
         """Seqs read more than once, on any channel, over the client's whole life."""
@@ -377,7 +458,10 @@ class RawClient:
         """Compare what was read on ``channels`` (seqs above ``after``) with ``expected``."""
         got = [s for s in self.seqs(channels) if s > after]
         want = {s for s in expected if s > after}
-        disorder = sum(1 for a, b in itertools.pairwise(got) if b <= a)
+        # Seqs are in order within a shard (the only one, by default).
+        disorder = sum(
+            1 for a, b in itertools.pairwise(got) if b <= a and a // SHARD_SPAN == b // SHARD_SPAN
+        )
         return Audit(
             received=len(got),
             duplicates=self.duplicates(),

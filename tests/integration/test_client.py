@@ -25,6 +25,7 @@ from control_plane.client import (
 )
 from control_plane.core.errors import AuthError, InvalidTransitionError, JobNotFoundError
 from tests.conftest import TOKEN, free_port
+from tests.integration.rawclient import seq_on
 from tests.integration.wsclient import TestSocket
 
 pytestmark = pytest.mark.ray
@@ -160,7 +161,9 @@ async def test_a_dropped_connection_resumes_the_stream_without_loss_or_duplicate
         ", ".join(f"{1000 * r:.0f}" for r in resumed),
         client.duplicates,
     )
-    assert client.cursors["jobs"] >= events[-1]["seq"]  # job.completed came through both
+    assert (
+        seq_on(client.cursors["jobs"], job.job_id) >= events[-1]["seq"]
+    )  # job.completed came through both
     assert client.channels == ["jobs"]  # the stream's own channel went with it
     await client.close()
     assert_nothing_left(client)

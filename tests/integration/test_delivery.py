@@ -12,7 +12,9 @@ import ray
 
 import control_plane
 import control_plane.websocket
+from control_plane.actors import hub_shards
 from tests.conftest import HISTORY, TOKEN
+from tests.integration.rawclient import is_marker, markers, seq_on, since_on
 from tests.integration.wsclient import TestSocket
 
 pytestmark = pytest.mark.ray
@@ -26,8 +28,9 @@ async def test_since_older_than_the_retained_history_is_not_recovered(plane: Any
     sock = await TestSocket.open(plane.ws_url, TOKEN)
     ack = await sock.subscribe(f"job:{job.job_id}", since=1)
     assert ack["data"]["recovered"] is False
-    assert ack["data"]["oldest"] > 2
-    assert 0 < ack["data"]["replayed"] <= HISTORY
+    assert seq_on(ack["data"]["oldest"], job.job_id) > 2
+    shards = len(await asyncio.to_thread(hub_shards.handles))  # each keeps HISTORY events
+    assert 0 < ack["data"]["replayed"] <= HISTORY * shards
     # a current cursor from another epoch is not trusted either
     head = ack["data"]["seq"]
     reply = await sock.request(
@@ -88,8 +91,8 @@ async def test_the_same_request_id_twice_is_applied_once_and_acknowledged_twice(
     assert again["type"] == "ack"
     assert again["data"]["status"] == first["data"]["status"]
     assert job.status().state == "running"
-    marker = await control_plane.websocket.get_ws_manager().broadcast({"type": "app.marker"})
-    await sock.wait_for(lambda f: f.get("seq") == marker)  # everything before it has arrived
+    for mark in await markers():  # everything before them has arrived, on every shard
+        await sock.wait_for(lambda f, m=mark: f["type"] == "app.marker" and is_marker(f, [m]))
     assert [f["type"] for f in sock.events(job.job_id)].count("job.paused") == 1
     job.cancel()
     await sock.close()
@@ -119,11 +122,12 @@ async def test_sockets_that_subscribe_while_the_gateway_streams_another_job_miss
         await asyncio.sleep(0.15)
         await sock.close()
         got = [f["seq"] for f in sock.events(watched.job_id) if f["type"] == "job.progress"]
-        rounds.append((ack["data"]["seq"], got))
+        rounds.append((seq_on(ack["data"]["seq"], watched.job_id), got))
     assert ray.get([busy.result, watched.result], timeout=120) == [6000, 3000]
     truth_sock = await TestSocket.open(plane.ws_url, TOKEN)
     first_ack = min(s for s, _ in rounds)
-    reply = await truth_sock.subscribe(f"job:{watched.job_id}", since=first_ack)
+    since = await since_on(first_ack, watched.job_id)  # on the job's shard
+    reply = await truth_sock.subscribe(f"job:{watched.job_id}", since=since)
     assert reply["data"]["recovered"] is True
     await truth_sock.wait_type("job.completed", watched.job_id)
     truth = [f["seq"] for f in truth_sock.events(watched.job_id) if f["type"] == "job.progress"]

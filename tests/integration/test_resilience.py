@@ -18,6 +18,7 @@ import control_plane
 import control_plane.websocket
 from control_plane.client import ConnectionState, ControlPlaneClient
 from tests.conftest import TOKEN
+from tests.integration.rawclient import SHARD_SPAN, event_key, is_marker, markers, seq_on
 from tests.integration.wsclient import TestSocket
 
 pytestmark = pytest.mark.ray
@@ -30,12 +31,14 @@ async def hub_log(plane: Any, channels: list[str], job_ids: set[str]) -> list[in
     """The seqs the hub retains on ``channels`` for these jobs, from a fresh subscribe."""
     sock = await TestSocket.open(plane.ws_url, TOKEN)
     ack = await sock.subscribe(*channels, since=0)
-    marker = await control_plane.websocket.get_ws_manager().broadcast({"type": "app.marker"})
-    await sock.wait_for(lambda f: f.get("seq") == marker, timeout=60)
+    for mark in await markers():  # on every shard
+        await sock.wait_for(
+            lambda f, m=mark: f["type"] == "app.marker" and is_marker(f, [m]), timeout=60
+        )
     await sock.close()
     assert ack["data"]["recovered"] is True
     return [
-        f["seq"]
+        event_key(f)
         for f in sock.events()
         if f["data"].get("job_id") in job_ids and f["type"] != "app.marker"
     ]
@@ -112,9 +115,10 @@ async def test_twenty_clients_dropped_again_and_again_see_the_whole_log(plane: A
         if key not in logs:
             wanted = set(ids) if "jobs" in plan else {plan[0].removeprefix("job:")}
             logs[key] = await hub_log(plane, plan, wanted)
-        seqs = [e["seq"] for e in stream]
+        seqs = [event_key(e) for e in stream]  # the seq, or with shards (shard, seq) as one
         assert len(seqs) == len(set(seqs)), "a duplicate reached the user"
-        expected = [s for s in logs[key] if s <= max(seqs)]
+        last = {s // SHARD_SPAN: s for s in sorted(seqs)}  # the last read of each shard
+        expected = sorted(s for s in logs[key] if s <= last.get(s // SHARD_SPAN, 0))
         assert sorted(seqs) == expected, f"gaps: {sorted(set(expected) - set(seqs))[:10]}"
     for job in jobs:
         assert ray.get(job.result) == 1500
@@ -131,7 +135,7 @@ async def test_a_client_whose_gateway_dies_reconnects_when_it_returns_and_loses_
     await client.connect()
     stream = asyncio.ensure_future(follow(client, [f"job:{job.job_id}"], {job.job_id}, 1))
     async with asyncio.timeout(60):
-        while client.cursors.get(f"job:{job.job_id}", 0) == 0:
+        while seq_on(client.cursors.get(f"job:{job.job_id}", 0), job.job_id) == 0:
             await asyncio.sleep(0.05)
     [replica] = [
         a
@@ -143,7 +147,7 @@ async def test_a_client_whose_gateway_dies_reconnects_when_it_returns_and_loses_
     await client.close()
     assert ConnectionState.RECONNECTING in states
     assert states[-1] is ConnectionState.CLOSED
-    seqs = [e["seq"] for e in events]
+    seqs = [event_key(e) for e in events]
     assert seqs == await hub_log(plane, [f"job:{job.job_id}"], {job.job_id})
     assert [e["type"] for e in events].count("job.progress") == 300
     async with httpx.AsyncClient(base_url=plane.base_url) as http:

@@ -29,10 +29,19 @@ import ray
 
 import control_plane
 import control_plane.websocket
-from control_plane.actors import runtime
+from control_plane.actors import hub_shards
 from control_plane.core.hub_log import LogEntry
+from control_plane.core.shards import shard_of
 from tests.conftest import HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT, HISTORY, TOKEN
-from tests.integration.rawclient import Closed, RawClient, ServerClosed, healthz
+from tests.integration.rawclient import (
+    SHARD_SPAN,
+    Closed,
+    RawClient,
+    ServerClosed,
+    healthz,
+    markers,
+    read_all,
+)
 
 pytestmark = pytest.mark.ray
 
@@ -45,9 +54,24 @@ TCP_ESTABLISHED = 1  # tcpi_state values (include/net/tcp_states.h)
 
 
 async def hub_log(channels: list[str]) -> list[LogEntry]:
-    """The hub's retained entries on ``channels``, in seq order (broadcasts left out)."""
-    reply = await runtime.hub().replay.remote(0, channels)
-    return [e for e in reply["entries"] if e.channel in channels]
+    """The hub's retained entries on ``channels``, in seq order (broadcasts left out); with
+    a sharded hub, each shard's, their seqs made keys as the client counts them
+    (:func:`~tests.integration.rawclient.event_key`)."""
+    hubs = hub_shards.handles()
+    if len(hubs) == 1:
+        reply = await hubs[0].replay.remote(0, channels)
+        return [e for e in reply["entries"] if e.channel in channels]
+    entries: list[LogEntry] = []
+    for shard, hub in enumerate(hubs):
+        mine = [c for c in channels if shard_of(c, len(hubs)) == shard]
+        if mine:
+            reply = await hub.replay.remote(0, mine)
+            entries += [
+                e._replace(seq=shard * SHARD_SPAN + e.seq)
+                for e in reply["entries"]
+                if e.channel in mine
+            ]
+    return sorted(entries)
 
 
 def seqs_of(entries: list[LogEntry]) -> list[int]:
@@ -87,11 +111,13 @@ async def all_read_a_marker(clients: list[RawClient], timeout: float = 120.0) ->
     """Broadcast a marker and wait until every client read it: what the hub had before it
     has reached them all (and any repeat of it would be counted). Returns the closes by the
     server of clients that will not read it."""
-    marker = await control_plane.websocket.get_ws_manager().broadcast({"type": "app.marker"})
-    outcomes = await asyncio.gather(
-        *(c.wait_for(lambda f: f.get("seq") == marker, timeout) for c in clients),
-        return_exceptions=True,
-    )
+    marks = await markers()  # one per shard: what each shard had before reached them all
+    if len(marks) == 1:
+        [(_, marker)] = marks
+        waits = [c.wait_for(lambda f: f.get("seq") == marker, timeout) for c in clients]
+    else:
+        waits = [c.wait_until(read_all(c, marks), timeout) for c in clients]
+    outcomes = await asyncio.gather(*waits, return_exceptions=True)
     for outcome in outcomes:
         if isinstance(outcome, BaseException) and not isinstance(outcome, ServerClosed):
             raise outcome

@@ -60,7 +60,7 @@ class TestSocket:
             timeout,
         )
 
-    async def subscribe(self, *channels: str, since: int | None = None) -> Frame:
+    async def subscribe(self, *channels: str, since: int | dict[str, int] | None = None) -> Frame:
         msg: Frame = {"type": "subscribe", "channels": list(channels)}
         if since is not None:
             msg["since"] = since

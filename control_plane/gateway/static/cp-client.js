@@ -45,6 +45,23 @@
 
   /* protocol.receiving_channels: the subscription channels that receive an event on
    * `channel` of `type`: the channel itself, "*", and "jobs" for a lifecycle type. */
+  /* Two cursors combined with pick (Math.max, Math.min): seqs, or with a sharded hub one
+   * seq per shard ({"0": 120, "1": 95}); a number is that seq on every shard. */
+  function combine(a, b, pick) {
+    if (typeof a === "number" && typeof b === "number") return pick(a, b);
+    var keys = Object.keys(typeof a === "number" ? b : a);
+    if (typeof a !== "number" && typeof b !== "number") {
+      Object.keys(b).forEach(function (k) { if (keys.indexOf(k) < 0) keys.push(k); });
+    }
+    var out = {};
+    keys.forEach(function (k) {
+      var x = typeof a === "number" ? a : (a[k] || 0);
+      var y = typeof b === "number" ? b : (b[k] || 0);
+      out[k] = pick(x, y);
+    });
+    return out;
+  }
+
   function receivingChannels(channel, type) {
     return LIFECYCLE.indexOf(type) >= 0 ? [channel, "*", "jobs"] : [channel, "*"];
   }
@@ -273,14 +290,15 @@
     /* Re-subscribe every channel from where it left off (one subscribe per distinct since);
      * the replays follow the acks. */
     async _resume(session) {
-      var groups = new Map();
+      var groups = new Map(); // JSON of the since (a seq, or one per shard) -> [since, channels]
       this.cursors.forEach(function (since, channel) {
-        if (!groups.has(since)) groups.set(since, []);
-        groups.get(since).push(channel);
+        var key = JSON.stringify(since);
+        if (!groups.has(key)) groups.set(key, [since, []]);
+        groups.get(key)[1].push(channel);
       });
-      var requests = Array.from(groups.keys()).sort(function (a, b) { return a - b; })
-        .map((since) => ({type: "subscribe", channels: groups.get(since), since: since,
-          epoch: this.epoch}));
+      var requests = Array.from(groups.keys()).sort()
+        .map((key) => ({type: "subscribe", channels: groups.get(key)[1],
+          since: groups.get(key)[0], epoch: this.epoch}));
       // The gateway takes 4 subscribes in flight per socket (protocol limits): in groups.
       var replies = [];
       for (var at = 0; at < requests.length; at += 4) {
@@ -380,16 +398,17 @@
     }
 
     _onSubscribeAck(data, message) {
-      var head = data.seq || 0;
+      var head = data.seq || 0; // a seq, or with a sharded hub one per shard {"0": 12, ...}
       var changed = data.epoch != null && this.epoch != null && data.epoch !== this.epoch;
       if (changed) { // a new hub log: its seqs start over
-        this.cursors.forEach((seq, c) => this.cursors.set(c, Math.min(seq, head)));
+        this.cursors.forEach((seq, c) => this.cursors.set(c, combine(seq, head, Math.min)));
       }
       if (data.epoch != null) this.epoch = data.epoch;
       // A live subscribe starts at the ack's seq; with since, at since.
       var start = message.since == null ? head : message.since;
       message.channels.forEach((c) => {
-        this.cursors.set(c, Math.max(this.cursors.has(c) ? this.cursors.get(c) : start, start));
+        this.cursors.set(c, combine(this.cursors.has(c) ? this.cursors.get(c) : start, start,
+          Math.max));
       });
       if ("recovered" in data) this.recovered = !!data.recovered;
       if (changed || data.recovered === false) {
@@ -403,7 +422,8 @@
 
     _onEvent(event) {
       if (typeof event.seq === "number") {
-        var key = this.epoch + ":" + event.seq;
+        var sharded = typeof event.shard === "number"; // seqs are per shard then
+        var key = this.epoch + ":" + (sharded ? event.shard + "/" : "") + event.seq;
         if (this._seen.has(key)) { this.duplicates += 1; return; }
         this._seen.add(key);
         this._seenOrder.push(key);
@@ -412,8 +432,12 @@
           this._seenOrder.splice(0, SEEN_WINDOW / 4).forEach(function (k) { seen.delete(k); });
         }
         var receivers = receivingChannels(event.channel || "", event.type);
+        var read = {};
+        if (sharded) read[event.shard] = event.seq;
         this.cursors.forEach((cursor, c) => {
-          if (event.seq > cursor && receivers.indexOf(c) >= 0) this.cursors.set(c, event.seq);
+          if (receivers.indexOf(c) < 0) return;
+          if (sharded) this.cursors.set(c, combine(cursor, read, Math.max));
+          else if (typeof cursor === "number" && event.seq > cursor) this.cursors.set(c, event.seq);
         });
       }
       this._dispatch(event.type, event);
