@@ -49,7 +49,7 @@ class ControlSizes:
     capacity: int  # idle jobs started at once (the cap)
 
 
-QUICK = ControlSizes(20, 3, 4, 6, 30)
+QUICK = ControlSizes(12, 3, 4, 5, 16)
 FULL = ControlSizes(100, 8, 10, 40, 150)
 
 

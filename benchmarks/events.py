@@ -69,17 +69,17 @@ class EventSizes:
 
 
 QUICK = EventSizes(
-    window=2.0,
+    window=1.5,
     ramp=(2000, 4000, 8000, 16000, 32000, 64000),
-    ramp_step=1.5,
-    sockets=200,
+    ramp_step=1.0,
+    sockets=100,
     fanout_rate=10.0,
-    scale_sockets=300,
+    scale_sockets=200,
     scale_processes=1,
-    ingest_per_job=100_000,
-    unpaced=30_000,
-    unpaced_rounds=3,
-    recovery_events=200_000,
+    ingest_per_job=60_000,
+    unpaced=20_000,
+    unpaced_rounds=2,
+    recovery_events=100_000,
 )
 FULL = EventSizes(
     window=5.0,

@@ -94,7 +94,7 @@ def death_reason(error: BaseException) -> str:
 
 STATUS_TIMEOUT = 5.0
 REAP_DELAY = 0.5
-SETTLE_TIMEOUT = 5.0
+SETTLE_TIMEOUT = 30.0  # for the registry to see a job.suspended its actor already reported
 NAME_RELEASE_TIMEOUT = 30.0  # a dead job actor's name is released by the GCS after a moment
 COMMANDS = ("pause", "resume", "cancel", "suspend")
 
