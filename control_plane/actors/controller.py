@@ -94,7 +94,8 @@ def death_reason(error: BaseException) -> str:
 
 STATUS_TIMEOUT = 5.0
 REAP_DELAY = 0.5
-SETTLE_TIMEOUT = 30.0  # for the registry to see a job.suspended its actor already reported
+SETTLE_TIMEOUT = 5.0
+SUSPENDED_SETTLE_TIMEOUT = 30.0  # for the registry to see a job.suspended its actor reported
 NAME_RELEASE_TIMEOUT = 30.0  # a dead job actor's name is released by the GCS after a moment
 COMMANDS = ("pause", "resume", "cancel", "suspend")
 
@@ -662,7 +663,8 @@ class Controller:
             # Its actor has stopped for a suspend whose job.suspended the registry has not
             # seen yet (a resume right after the suspend's answer): once it has, the
             # controller answers for the job.
-            if await self._settled(job_id, SETTLE_TIMEOUT) and record.state is JobState.SUSPENDED:
+            settled = await self._settled(job_id, SUSPENDED_SETTLE_TIMEOUT)
+            if settled and record.state is JobState.SUSPENDED:
                 return await self._command_suspended(job_id, command)
             raise
         return status
