@@ -49,7 +49,7 @@ class ControlSizes:
     capacity: int  # idle jobs started at once (the cap)
 
 
-QUICK = ControlSizes(12, 3, 4, 5, 16)
+QUICK = ControlSizes(8, 2, 4, 4, 8)
 FULL = ControlSizes(100, 8, 10, 40, 150)
 
 

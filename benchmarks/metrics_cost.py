@@ -22,7 +22,7 @@ from benchmarks.harness import Bench, Row, note
 from control_plane.actors import runtime
 from control_plane.gateway.app import DEPLOYMENT_NAME
 
-ROUNDS_QUICK = 2
+ROUNDS_QUICK = 1
 ROUNDS_FULL = 3
 
 

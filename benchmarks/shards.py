@@ -30,7 +30,7 @@ from control_plane.core.encoding import ProgressEncoder
 from control_plane.core.hub_log import TARGET_CHANNEL
 from control_plane.core.shards import shard_of_job
 
-QUICK_EVENTS = 50_000  # per publisher
+QUICK_EVENTS = 30_000  # per publisher
 FULL_EVENTS = 250_000
 
 
