@@ -29,7 +29,7 @@ from fastapi import FastAPI, WebSocket
 
 from benchmarks.fanout_clients import ClientFleet, raise_open_files_limit
 from benchmarks.harness import percentile
-from control_plane.core.hub_log import EventLog, ListenResult, ReaderFilter
+from control_plane.core.local_hub import LocalHub
 from control_plane.core.protocol import make_event
 from control_plane.gateway.manager import WebSocketManager
 from control_plane.gateway.replica_server import ReplicaServer
@@ -38,40 +38,11 @@ from control_plane.gateway.session import SocketConfig
 CHANNEL = "job:costjob"
 
 
-class LocalHub:
-    """The hub's ``HubPort`` over an in-process log."""
+class TickHub(LocalHub):
+    """The hub's ``HubPort`` over an in-process log, and the job that ticks into it."""
 
     def __init__(self) -> None:
-        self.log = EventLog(capacity=100_000)
-
-    async def head(self) -> tuple[str, int]:
-        return self.log.epoch, self.log.head
-
-    async def listen(
-        self, epoch: str | None, after_seq: int, timeout: float, limit: int, reader: str
-    ) -> ListenResult:
-        return await self.log.listen(epoch, after_seq, timeout, limit, reader)
-
-    async def read_filtered(
-        self, epoch: str | None, after_seq: int, upto: int, wanted: ReaderFilter
-    ) -> ListenResult:
-        return self.log.read_filtered(epoch, after_seq, upto, wanted)
-
-    async def set_filter(self, reader: str, wanted: ReaderFilter, version: int) -> None:
-        self.log.set_filter(reader, wanted, version)
-
-    async def drop_reader(self, reader: str) -> None:
-        self.log.drop_reader(reader)
-
-    async def replay(
-        self,
-        after_seq: int,
-        channels: list[str],
-        epoch: str | None,
-        client_id: str | None,
-        upto: int | None = None,
-    ) -> dict[str, Any]:
-        return self.log.replay(after_seq, channels, epoch, client_id, upto)
+        super().__init__(capacity=100_000)
 
     def tick(self, i: int) -> None:
         data = {"job_id": "costjob", "status": "running", "i": i, "s": 0, "t": time.time()}
@@ -119,7 +90,7 @@ async def _serve(manager: WebSocketManager, websocket: WebSocket) -> None:
 
 async def measure(sockets: int, seconds: float, rate: float, trace: bool, procs: int) -> None:
     print(f"RLIMIT_NOFILE soft {raise_open_files_limit()}")
-    hub = LocalHub()
+    hub = TickHub()
     manager = WebSocketManager()
     manager.configure(SocketConfig(max_connections=max(10_000, sockets)), hub)
     manager.start()

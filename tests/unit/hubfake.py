@@ -7,15 +7,16 @@ import asyncio
 from typing import Any
 
 from control_plane.core.hub_log import TARGET_CHANNEL, EventLog, ListenResult, ReaderFilter
+from control_plane.core.local_hub import LocalHub
 from control_plane.core.protocol import make_event
 
 
-class LogHub:
+class LogHub(LocalHub):
     """``HubPort`` over an in-process :class:`EventLog`; ``faults`` is a list of exceptions
     the next calls raise (any method), ``calls`` counts calls by method."""
 
     def __init__(self, log: EventLog | None = None) -> None:
-        self.log = log if log is not None else EventLog(capacity=10_000)
+        super().__init__(log)
         self.faults: list[BaseException] = []
         self.calls: dict[str, int] = {}
         self.head_gate: asyncio.Event | None = None  # hold head() until set
@@ -29,27 +30,27 @@ class LogHub:
         self._call("head")
         if self.head_gate is not None:
             await self.head_gate.wait()
-        return self.log.epoch, self.log.head
+        return await super().head()
 
     async def listen(
         self, epoch: str | None, after_seq: int, timeout: float, limit: int, reader: str
     ) -> ListenResult:
         self._call("listen")
-        return await self.log.listen(epoch, after_seq, timeout, limit, reader)
+        return await super().listen(epoch, after_seq, timeout, limit, reader)
 
     async def read_filtered(
         self, epoch: str | None, after_seq: int, upto: int, wanted: ReaderFilter
     ) -> ListenResult:
         self._call("read_filtered")
-        return self.log.read_filtered(epoch, after_seq, upto, wanted)
+        return await super().read_filtered(epoch, after_seq, upto, wanted)
 
     async def set_filter(self, reader: str, wanted: ReaderFilter, version: int) -> None:
         self._call("set_filter")
-        self.log.set_filter(reader, wanted, version)
+        await super().set_filter(reader, wanted, version)
 
     async def drop_reader(self, reader: str) -> None:
         self._call("drop_reader")
-        self.log.drop_reader(reader)
+        await super().drop_reader(reader)
 
     async def replay(
         self,
@@ -60,7 +61,7 @@ class LogHub:
         upto: int | None = None,
     ) -> dict[str, Any]:
         self._call("replay")
-        return self.log.replay(after_seq, channels, epoch, client_id, upto)
+        return await super().replay(after_seq, channels, epoch, client_id, upto)
 
     def emit(self, job_id: str, count: int = 1, event_type: str = "job.progress") -> list[int]:
         """Append ``count`` events of a job; return their seqs."""
