@@ -35,6 +35,7 @@ import ray
 from pydantic import BaseModel, Field
 from ray import cloudpickle
 
+from control_plane.core import priority
 from control_plane.core.emitter import EventEmitter, settle_refs
 from control_plane.core.encoding import Encoded
 from control_plane.core.errors import JobCancelledError, JobError, JobFailedError, PublishError
@@ -82,6 +83,14 @@ class JobOptions(BaseModel):
     max_restarts: int = Field(
         3, ge=0, description="new actors for a job whose actor died (worker crash, node loss)"
     )
+    body_nice: int | None = Field(
+        priority.BODY_NICE,
+        ge=-20,
+        le=19,
+        description="the nice value of the thread that runs the body (Linux; it can only "
+        "be raised above the 15 Ray starts workers at): the control plane's processes run "
+        "ahead of a body that fills the CPUs; None leaves it",
+    )
     max_event_bytes: int = Field(
         DEFAULT_MAX_EVENT_BYTES,
         ge=1,
@@ -119,6 +128,9 @@ class JobActor:
     _emitter: EventEmitter[Encoded]
 
     def __init__(self, *job: Any) -> None:
+        # Its control calls and its emitter ahead of every body; its own body goes behind
+        # (``JobOptions.body_nice``; core/priority.py).
+        priority.favour_process()
         self._job_control: JobControl | None = None
         self._options = JobOptions()
         self._executed = False
@@ -235,8 +247,9 @@ class JobActor:
             ctx = self._context = JobContext(control, blocking=blocking)
             control.start()
             if blocking:
-                value = await asyncio.to_thread(fn, ctx, *self._args, **self._kwargs)
-            else:
+                value = await asyncio.to_thread(self._run_blocking, fn, ctx)
+            else:  # on this loop's thread, which only the body and its wrapping use
+                priority.yield_thread(self._options.body_nice)
                 value = await fn(ctx, *self._args, **self._kwargs)
         except CancelRequested:
             await self._finish(Trigger.STOPPED, forced=False)
@@ -255,6 +268,11 @@ class JobActor:
             raise JobCancelledError(job_id, forced=control.forced)
         await self._finish(Trigger.COMPLETE, result=result_preview(value))
         return value
+
+    def _run_blocking(self, fn: Callable[..., Any], ctx: JobContext) -> Any:
+        """A plain ``def`` body, on a worker thread at the job's ``body_nice``."""
+        priority.yield_thread(self._options.body_nice)
+        return fn(ctx, *self._args, **self._kwargs)
 
     async def _finish(
         self, trigger: Trigger, cause: BaseException | None = None, **data: Any

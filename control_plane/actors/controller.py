@@ -40,6 +40,7 @@ from control_plane.actors import hub_shards, runtime, state_dir
 from control_plane.actors.hub import RayHub
 from control_plane.actors.hub_shards import ShardedSend, wait_shard_refs
 from control_plane.actors.worker_pool import WarmPool, named_job_actors, new_job_id
+from control_plane.core import priority
 from control_plane.core.emitter import EventEmitter
 from control_plane.core.encoding import encode_event
 from control_plane.core.errors import (
@@ -107,6 +108,7 @@ class Controller:
         state_dir_path: str | None = None,
         pool: PoolConfig | None = None,
     ) -> None:
+        priority.favour_process()  # ahead of the jobs' bodies (core/priority.py)
         self._config = config or SystemConfig()
         # Job actors started ahead of their jobs (control_plane/core/worker_pool.py).
         self._pool = WarmPool(pool or PoolConfig())

@@ -40,6 +40,7 @@ import ray
 
 from control_plane.actors import runtime
 from control_plane.actors import state_dir as state_dirs
+from control_plane.core import priority
 from control_plane.core.encoding import encode_event
 from control_plane.core.errors import InvalidEventError
 from control_plane.core.event_store import EventStore
@@ -109,6 +110,7 @@ class EventHub:
         )
         self._log = self._writer.log
         logs.configure_actor()
+        priority.favour_process()  # ahead of the jobs' bodies (core/priority.py)
         self._sweeper: asyncio.Task[None] | None = None
         self._faults: dict[str, tuple[int, str]] = {}
         self._published: Counter[str] = Counter()  # by type, flushed to metrics each second

@@ -21,6 +21,7 @@ from ray import serve
 from control_plane.actors import gateway_directory, hub_shards, runtime
 from control_plane.actors.gateway_directory import GatewayAddress
 from control_plane.actors.hub import RayHub
+from control_plane.core import priority
 from control_plane.core.errors import (
     AuthError,
     CommandError,
@@ -153,6 +154,7 @@ class Gateway:
         )
         # A file descriptor per socket: the soft limit (often 1,024) up to the hard one.
         soft, hard = raise_open_files_limit()
+        priority.favour_process()  # ahead of the jobs' bodies (core/priority.py)
         log = logger.info if soft > config.socket.max_connections else logger.warning
         log(
             "open files limit %d (hard %d) for at most %d sockets on this replica",
