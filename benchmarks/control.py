@@ -12,7 +12,7 @@ import shlex
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -29,6 +29,7 @@ from benchmarks.harness import (
     latency_rows,
     ms,
     note,
+    percentile,
     processes,
     submit_started,
     uss,
@@ -99,6 +100,31 @@ class PauseRun:
     times: list[float]  # seconds per round trip; inf for a job.paused that never came
     lost: int = 0
     reconnects: int = 0  # sockets the gateway closed under us (and we opened again)
+    hops: dict[str, list[float]] = field(default_factory=dict)  # see _hop_times
+
+
+HOP_CALLS = 30  # calls timed on each hop of a pause
+
+
+async def _hop_times(job: Any, count: int) -> dict[str, list[float]]:
+    """Seconds for a trivial call to each actor a pause goes through, one at a time: where
+    a round trip's time goes (the socket → gateway and gateway → socket legs are the
+    rest)."""
+    hub, controller = runtime.hub(), runtime.controller()
+    calls = {
+        "hub (head)": lambda: hub.head.remote(),
+        "controller (get_status)": lambda: controller.get_status.remote(job.job_id),
+        "job actor (status)": lambda: job.actor.status.remote(),
+    }
+    times: dict[str, list[float]] = {}
+    for hop, call in calls.items():
+        times[hop] = []
+        for _ in range(count):
+            t0 = time.perf_counter()
+            await call()
+            times[hop].append(time.perf_counter() - t0)
+            await asyncio.sleep(0.01)
+    return times
 
 
 async def _pause_round_trips(
@@ -145,6 +171,7 @@ async def _pause_round_trips(
                 await asyncio.to_thread(job.resume)  # whatever state the break left it in
                 if run.lost >= give_up:
                     break
+        run.hops = await _hop_times(job, min(HOP_CALLS, max(count, 5)))
     finally:
         await client.close()
         await cancel_all([job])
@@ -199,6 +226,17 @@ async def pause(bench: Bench, sizes: ControlSizes, load_rate: float | None) -> l
             base,
             stops,
             baseline_p=50,
+        )
+    for hop, times in loaded.hops.items():
+        rows.append(
+            Row(
+                f"pause breakdown: one call to the {hop}, p50 under the load",
+                ms(percentile(times, 50)),
+                "ms",
+                "the same call idle",
+                ms(percentile(idle.hops.get(hop, []), 50)),
+                higher_is_better=False,
+            )
         )
     return rows
 

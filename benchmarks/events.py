@@ -14,6 +14,7 @@ import statistics
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import ray
@@ -529,17 +530,33 @@ async def _no_sockets_left(bench: Bench, timeout: float = 60.0) -> None:
             await asyncio.sleep(0.5)
 
 
-async def _fleet_window(fleet: ClientFleet, seconds: float) -> list[float]:
-    """Record ``seconds`` of ticks (after a second to settle), close the clients, and
-    return the latencies; raise if any socket closed meanwhile."""
-    await asyncio.sleep(1.0)
-    await fleet.record()
-    await asyncio.sleep(seconds)
-    result = await fleet.stop()
+async def _fleet_run(
+    url: str, channel: str, token: str | None, sizes: EventSizes, server: Any, label: str
+) -> tuple[list[float], float]:
+    """Open ``scale_sockets`` sockets on ``url`` subscribed to ``channel`` (clients in
+    processes of their own), record ``window * 2`` seconds of ticks after a second to settle,
+    and close them: the latencies, and the growth of ``server``'s RSS per socket (bytes).
+    Raises if a socket closed meanwhile."""
+    n = sizes.scale_sockets
+    fleet = ClientFleet(url, n, channel, token, sizes.scale_processes)
+    before = rss(server)
+    try:
+        t0 = time.monotonic()
+        await fleet.start(timeout=600)
+        note(f"{label}: opened and subscribed {n} sockets in {time.monotonic() - t0:.1f} s")
+        per_socket = (rss(server) - before) / n
+        await asyncio.sleep(1.0)
+        await fleet.record()
+        await asyncio.sleep(sizes.window * 2)
+        result = await fleet.stop()
+    finally:
+        fleet.kill()
+    if result["retries"]:
+        note(f"{label}: {result['retries']} opening handshakes timed out and were tried again")
     if result["closed"]:
         raise RuntimeError(f"{result['closed']} fan-out sockets closed, codes {result['codes']}")
     latencies: list[float] = result["latencies"]
-    return latencies
+    return latencies, per_socket
 
 
 async def fan_out_scale(bench: Bench, sizes: EventSizes) -> list[Row]:
@@ -552,38 +569,30 @@ async def fan_out_scale(bench: Bench, sizes: EventSizes) -> list[Row]:
     settings that sends each tick to every socket (Serve's proxy does not hold 10,000
     sockets: the 1,000-socket rows above compare with it)."""
     n, window = sizes.scale_sockets, sizes.window * 2
-    gateway = one_process(GATEWAY_TITLE)
     await _no_sockets_left(bench)  # the replica takes 10,000 (max_connections): all ours
     job = await asyncio.to_thread(
         control_plane.submit, bodies.ticks, rates=[SCALE_RATE], step=3600.0, warmup=0.0
     )
-    before = rss(gateway)
-    fleet = ClientFleet(bench.ws_url, n, f"job:{job.job_id}", bench.token, sizes.scale_processes)
     try:
-        t0 = time.monotonic()
-        await fleet.start(timeout=600)
-        note(f"ours: opened and subscribed {n} sockets in {time.monotonic() - t0:.1f} s")
-        ours_mem = (rss(gateway) - before) / n
-        ours = await _fleet_window(fleet, window)
+        ours, ours_mem = await _fleet_run(
+            bench.ws_url,
+            f"job:{job.job_id}",
+            bench.token,
+            sizes,
+            one_process(GATEWAY_TITLE),
+            "ours",
+        )
     finally:
-        fleet.kill()
         with contextlib.suppress(Exception):
             await asyncio.to_thread(job.cancel)
 
     server = bodies.BarePushActor.remote()
     try:
         port = await server.start.remote(SCALE_RATE)
-        bare = one_process("BarePush")
-        before = rss(bare)
-        fleet = ClientFleet(f"ws://127.0.0.1:{port}/ws", n, "ticks", None, sizes.scale_processes)
-        try:
-            t0 = time.monotonic()
-            await fleet.start(timeout=600)
-            note(f"baseline: opened {n} sockets in {time.monotonic() - t0:.1f} s")
-            theirs_mem = (rss(bare) - before) / n
-            theirs = await _fleet_window(fleet, window)
-        finally:
-            fleet.kill()
+        url = f"ws://127.0.0.1:{port}/ws"
+        theirs, theirs_mem = await _fleet_run(
+            url, "ticks", None, sizes, one_process("BarePush"), "baseline"
+        )
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.stop.remote(), 10)

@@ -8,7 +8,8 @@ more of these processes, each holding ``COUNT`` raw ``websockets`` clients. A pr
 its sockets (50 handshakes at a time), subscribes each to ``CHANNEL``, prints ``ready``,
 then obeys lines on stdin: ``record`` starts timing ``bench.tick`` frames (latency = arrival
 - the tick's ``t``), ``stop`` ends it, closes the sockets and prints one JSON line
-``{"latencies": [...], "closed": n, "codes": [...], "ticks": n}``.
+``{"latencies": [...], "closed": n, "codes": [...], "ticks": n, "retries": n}`` (retries:
+opening handshakes that timed out and were tried again).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import websockets
 TICK_MARK = '"bench.tick"'
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPEN_PARALLEL = 50
+OPEN_TIMEOUT = 60.0  # seconds for one opening handshake
+OPEN_TRIES = 3  # a handshake that times out is tried again (counted in the result)
 
 
 def raise_open_files_limit() -> int:
@@ -53,7 +56,7 @@ async def _open(url: str, headers: dict[str, str]) -> Any:
     return await websockets.connect(
         url,
         additional_headers=headers,
-        open_timeout=120,
+        open_timeout=OPEN_TIMEOUT,
         max_size=None,
         ping_interval=None,
         compression=None,
@@ -93,12 +96,21 @@ async def main(url: str, count: int, channel: str, token: str | None) -> None:
     socks: list[_Socket] = []
     recording = [False]
     readers: list[asyncio.Task[None]] = []
+    retries = [0]
+
+    async def opened() -> Any:
+        for _ in range(OPEN_TRIES - 1):
+            try:
+                return await _open(url, headers)
+            except TimeoutError:
+                retries[0] += 1
+        return await _open(url, headers)
 
     async def join() -> None:
         # Each socket subscribes as soon as it is open: the gateway closes one that has
         # not subscribed within a minute (4001), and 10,000 take longer than that to open.
         async with gate:
-            sock = _Socket(await _open(url, headers))
+            sock = _Socket(await opened())
             socks.append(sock)
             await _subscribe(sock.ws, channel)
         readers.append(asyncio.get_running_loop().create_task(_read(sock, recording)))
@@ -124,7 +136,7 @@ async def main(url: str, count: int, channel: str, token: str | None) -> None:
         reader.cancel()
     await asyncio.gather(*readers, return_exceptions=True)
     result = {"latencies": latencies, "closed": len(closed), "codes": sorted(set(closed))}
-    print(json.dumps({**result, "ticks": ticks}), flush=True)
+    print(json.dumps({**result, "ticks": ticks, "retries": retries[0]}), flush=True)
 
 
 class ClientFleet:
@@ -172,7 +184,13 @@ class ClientFleet:
     async def stop(self, timeout: float = 120.0) -> dict[str, Any]:
         """Stop recording and close; the merged results of every process."""
         await self._say("stop")
-        merged: dict[str, Any] = {"latencies": [], "closed": 0, "codes": [], "ticks": 0}
+        merged: dict[str, Any] = {
+            "latencies": [],
+            "closed": 0,
+            "codes": [],
+            "ticks": 0,
+            "retries": 0,
+        }
         async with asyncio.timeout(timeout):
             for proc in self._procs:
                 assert proc.stdout is not None
@@ -181,6 +199,7 @@ class ClientFleet:
                 merged["closed"] += result["closed"]
                 merged["codes"] = sorted(set(merged["codes"]) | set(result["codes"]))
                 merged["ticks"] += result["ticks"]
+                merged["retries"] += result["retries"]
                 await proc.wait()
         self._procs = []
         return merged

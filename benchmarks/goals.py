@@ -32,8 +32,8 @@ def _better_than_baseline(row: Row) -> bool:
 
 
 GOALS = (
-    Goal(("pause", "p50", "load"), "≤ 20 ms", _at_most(20.0)),
-    Goal(("pause", "p99", "load"), "≤ 50 ms", _at_most(50.0)),
+    Goal(("pause: round trip", "p50", "load"), "≤ 20 ms", _at_most(20.0)),
+    Goal(("pause: round trip", "p99", "load"), "≤ 50 ms", _at_most(50.0)),
     Goal(("submit", "job.started", "p50", "warm"), "≤ 150 ms", _at_most(150.0)),
     Goal(("end to end", "latency p50", "half the sustained rate"), "≤ 5 ms", _at_most(5.0)),
     Goal(("fan-out", "p99", "1 event/s"), "≤ 250 ms at 10,000 sockets", _at_most(250.0)),

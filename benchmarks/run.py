@@ -1,6 +1,6 @@
 """Run every benchmark beside the baseline it is compared with, in one run.
 
-    python benchmarks/run.py [--quick] [--json FILE]
+    python benchmarks/run.py [--quick] [--json FILE] [--only SCENARIO ...]
 
 Rows are ``{"name", "value", "unit", "baseline", "baseline_value", "ratio"}``: our figure,
 the baseline's description and figure (measured in the same run, on the same Ray), and
@@ -54,15 +54,29 @@ import psutil  # noqa: E402
 from benchmarks import control, events, metrics_cost, recovery, report, shards  # noqa: E402
 from benchmarks.harness import Bench, Row, failed_row, other_ray_users, pool_off  # noqa: E402
 
+SCENARIOS = (
+    "ingest",
+    "ingest, sharded",
+    "recovery",
+    "end to end",
+    "end to end, unpaced",
+    "metrics",
+    "fan-out",
+    "fan-out at scale",
+    "pause",
+    "push vs poll",
+    "submit",
+)
 MIN_FREE_MEMORY = 0.08  # of the total: below it the run stops (a runaway must not take the box)
 
 
 class Run:
     """The scenarios in order, each under a time limit; a failure becomes a row."""
 
-    def __init__(self, bench: Bench, quick: bool) -> None:
+    def __init__(self, bench: Bench, quick: bool, only: list[str] | None = None) -> None:
         self.bench = bench
         self.quick = quick
+        self.only = only
         self.event_sizes = events.QUICK if quick else events.FULL
         self.control_sizes = control.QUICK if quick else control.FULL
         self.limit = 120.0 if quick else 900.0
@@ -71,6 +85,8 @@ class Run:
         self.ingest_rate: float | None = None
 
     async def scenario(self, name: str, make: Callable[[], Awaitable[list[Row]]]) -> None:
+        if self.only is not None and name not in self.only:
+            return
         print(f"== {name}", flush=True)
         t0 = time.monotonic()
         try:
@@ -124,6 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, about three minutes")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the rows here")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=SCENARIOS,
+        metavar="SCENARIO",
+        help="run only these scenarios (results are not written to results/ or README.md); "
+        f"one of: {', '.join(repr(s) for s in SCENARIOS)}",
+    )
     args = parser.parse_args(argv)
 
     others = other_ray_users()
@@ -138,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench = Bench.start()
         try:
-            run = Run(bench, args.quick)
+            run = Run(bench, args.quick, args.only)
             asyncio.run(run.all())
         finally:
             bench.stop()
@@ -166,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         report.write_json(run.rows, args.json)
         print(f"wrote {args.json}")
-    if not args.quick:
+    if not args.quick and not args.only:
         path = report.results_path(ROOT)
         report.write_json(run.rows, path)
         print(f"wrote {path.relative_to(ROOT)}")
