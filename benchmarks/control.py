@@ -13,6 +13,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import ray
@@ -101,6 +102,14 @@ class PauseRun:
     lost: int = 0
     reconnects: int = 0  # sockets the gateway closed under us (and we opened again)
     hops: dict[str, list[float]] = field(default_factory=dict)  # see _hop_times
+    # per round trip, seconds from the command's send to the job.paused's timestamp (made at
+    # the body's checkpoint), and from that to its arrival on the socket (ms resolution)
+    legs: list[tuple[float, float]] = field(default_factory=list)
+
+
+def _made_at(frame: dict[str, Any]) -> float:
+    """An event's timestamp (when the job made it), in seconds since the epoch."""
+    return datetime.fromisoformat(str(frame["timestamp"]).replace("Z", "+00:00")).timestamp()
 
 
 HOP_CALLS = 30  # calls timed on each hop of a pause
@@ -155,10 +164,14 @@ async def _pause_round_trips(
                 client = await connect()
             try:
                 start = len(client.frames)
-                t0 = time.perf_counter()
+                t0, sent = time.perf_counter(), time.time()
                 await client.send({"type": "job.pause", "job_id": job.job_id, "id": f"p{k}"})
-                await client.wait_type("job.paused", job.job_id, timeout=timeout, start=start)
+                paused = await client.wait_type(
+                    "job.paused", job.job_id, timeout=timeout, start=start
+                )
                 run.times.append(time.perf_counter() - t0)
+                made = _made_at(paused)
+                run.legs.append((made - sent, time.time() - made))
                 await client.wait_for(reply_to(f"p{k}"), 30, start)
                 start = len(client.frames)
                 await client.send({"type": "job.resume", "job_id": job.job_id, "id": f"r{k}"})
@@ -226,6 +239,21 @@ async def pause(bench: Bench, sizes: ControlSizes, load_rate: float | None) -> l
             base,
             stops,
             baseline_p=50,
+        )
+    legs = (
+        ("socket command → job.paused made at the body's checkpoint", 0),
+        ("job.paused made → on the socket", 1),
+    )
+    for leg, i in legs:
+        rows.append(
+            Row(
+                f"pause breakdown: {leg}, p50 under the load",
+                ms(percentile([pair[i] for pair in loaded.legs], 50)),
+                "ms",
+                "the same leg idle",
+                ms(percentile([pair[i] for pair in idle.legs], 50)),
+                higher_is_better=False,
+            )
         )
     for hop, times in loaded.hops.items():
         rows.append(
