@@ -12,7 +12,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-WORDS = ("ingest", "SQLite log", "recovery", "end to end", "fan-out", "pause", "poll", "submit")
+WORDS = (
+    "ingest",
+    "SQLite log",
+    "recovery",
+    "end to end",
+    "fan-out",
+    "pause",
+    "pause breakdown",
+    "poll",
+    "submit",
+)
 KEYS = {"name", "value", "unit", "baseline", "baseline_value", "ratio"}
 
 
