@@ -139,6 +139,10 @@ async def main(url: str, count: int, channel: str, token: str | None) -> None:
     print(json.dumps({**result, "ticks": ticks, "retries": retries[0]}), flush=True)
 
 
+class FleetNotReady(RuntimeError):
+    """A client process exited before its sockets were all open and subscribed."""
+
+
 class ClientFleet:
     """``count`` sockets in ``processes`` client processes (this module, run as a script)."""
 
@@ -170,7 +174,7 @@ class ClientFleet:
                 assert proc.stdout is not None
                 line = (await proc.stdout.readline()).decode().strip()
                 if line != "ready":
-                    raise RuntimeError(f"a client process did not get ready: {line!r}")
+                    raise FleetNotReady(f"a client process did not get ready: {line!r}")
 
     async def _say(self, line: str) -> None:
         for proc in self._procs:
