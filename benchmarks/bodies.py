@@ -7,6 +7,11 @@ Two WebSocket baselines push what a job pushes through us: a trivial Serve endpo
 Serve's HTTP proxy (:class:`BaselineSocket`), and a bare FastAPI app on uvicorn with the
 gateway replica's own uvicorn settings (:class:`BarePush`), the server stack without us.
 
+The baselines' actors and replicas put themselves at the nice value of the part of ours
+they stand for (``core/priority.py``: the control plane's processes run at 0 where the OS
+allows, Ray's workers at 15), so that no ratio comes from priority alone. Serve's own proxy
+stays where Ray runs it.
+
 Every timed event carries its send time ``t`` from ``time.time()``: all processes run on
 one machine and read one clock, so ``receive time - t`` is the event's latency.
 
@@ -27,6 +32,8 @@ from typing import Any
 import ray
 from fastapi import FastAPI, WebSocket
 from ray import serve
+
+from control_plane.core import priority
 
 TICK = "bench.tick"
 DONE = '{"type":"bench.done"}'  # what a baseline sends after the last frame of a burst
@@ -118,6 +125,7 @@ class Counter:
     """The ingest baseline's receiver: it only counts."""
 
     def __init__(self) -> None:
+        priority.favour_process()  # where the hub it stands for runs
         self.n = 0
 
     def add(self, batch: list[dict[str, Any]]) -> int:
@@ -130,6 +138,9 @@ class Counter:
 
 class Publisher:
     """The ingest baseline's sender: the same batch, again and again, a few calls in flight."""
+
+    def __init__(self) -> None:
+        priority.favour_process()  # where a job actor's emitter runs
 
     def run(self, counter: Any, count: int, batch_size: int, in_flight: int) -> int:
         batch = [progress_event(f"baseline{os.getpid()}", i) for i in range(batch_size)]
@@ -160,6 +171,9 @@ class Gate:
 
 class Bare:
     """The job baseline: a Ray actor with nothing in it."""
+
+    def __init__(self) -> None:
+        priority.favour_process()  # where a job actor runs
 
     def ready(self) -> int:
         return os.getpid()
@@ -232,6 +246,7 @@ class BaselineSocket:
     """
 
     def __init__(self) -> None:
+        priority.favour_process()  # where the gateway replica it stands for runs
         self._fanout: set[WebSocket] = set()
         self._ticker: asyncio.Task[None] | None = None
 
@@ -341,6 +356,7 @@ class BarePush:
     baseline keeps them whatever they become. No Serve, no hub, no manager."""
 
     def __init__(self) -> None:
+        priority.favour_process()  # where the gateway replica it stands for runs
         self._server: Any = None
 
     async def start(self, fanout_rate: float = 1.0) -> int:
