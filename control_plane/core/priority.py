@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 import threading
 
@@ -60,6 +61,14 @@ def parse_nice(text: str | None, default: int | None = CONTROL_NICE) -> int | No
     if nice is None or not -20 <= nice <= 19:
         raise ValueError(f"{ENV_VAR} is a nice value from -20 to 19 or 'off', got {text!r}")
     return nice
+
+
+def may_lower() -> bool:
+    """Whether this process may lower a nice value (a child tries: 1, then back to 0)."""
+    if not supported():
+        return False
+    code = "import os; os.setpriority(os.PRIO_PROCESS, 0, 1); os.setpriority(os.PRIO_PROCESS, 0, 0)"
+    return subprocess.run([sys.executable, "-c", code], check=False, timeout=60).returncode == 0
 
 
 def thread_nice(tid: int | None = None) -> int:

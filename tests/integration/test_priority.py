@@ -22,9 +22,9 @@ pytestmark = [
 ]
 
 RAY_WORKER_NICE = 15  # what Ray starts its workers at
-# where the control plane's processes (and a job actor's threads but its body) are: root
-# may lower its nice value; another user stays where Ray put it
-CONTROL = priority.CONTROL_NICE if os.geteuid() == 0 else RAY_WORKER_NICE
+# where the control plane's processes (and a job actor's threads but its body) are: where
+# this process may lower a nice value (root, CAP_SYS_NICE), so may Ray's workers it started
+CONTROL = priority.CONTROL_NICE if priority.may_lower() else RAY_WORKER_NICE
 
 
 def thread_nices(pid: int) -> set[int]:
