@@ -87,9 +87,9 @@ class JobOptions(BaseModel):
         priority.BODY_NICE,
         ge=-20,
         le=19,
-        description="the nice value of the thread that runs the body (Linux; it can only "
-        "be raised above the 15 Ray starts workers at): the control plane's processes run "
-        "ahead of a body that fills the CPUs; None leaves it",
+        description="the nice value of the thread that runs the body and of the threads it "
+        "starts (Linux; only ever raised: a value below the job actor's own is not applied), "
+        "so that the control plane runs ahead of a body that fills the CPUs; None leaves it",
     )
     max_event_bytes: int = Field(
         DEFAULT_MAX_EVENT_BYTES,
