@@ -70,9 +70,9 @@ class EventSizes:
 
 
 QUICK = EventSizes(
-    window=1.5,
+    window=1.0,
     ramp=(2000, 4000, 8000, 16000, 32000, 64000),
-    ramp_step=1.0,
+    ramp_step=0.7,
     sockets=100,
     fanout_rate=10.0,
     scale_sockets=200,
