@@ -67,11 +67,15 @@ async def test_four_jobs_lose_and_repeat_nothing_while_the_hub_is_killed_three_t
         control_plane.submit("jobs.examples:emit_burst", count=EVENTS, every=100, rate=RATE)
         for _ in range(JOBS)
     ]
+    # They wait paused while the client subscribes: a subscribe's replay drained while
+    # 10,000 events/s pile up behind it is not what this test is about.
+    assert all(j.pause().state == "paused" for j in jobs)
     ids = [j.job_id for j in jobs]
     channels = [f"job:{i}" for i in ids]
     client = RawClient(plane.ws_url, TOKEN, max_queue=1024)
     await client.connect()
     await client.acked(await client.subscribe(channels, since=head))
+    assert all(j.resume().state == "running" for j in jobs)
 
     def progress_read() -> int:
         return sum(client.types[(c, "job.progress")] for c in channels)
