@@ -51,7 +51,7 @@ class ControlSizes:
     capacity: int  # idle jobs started at once (the cap)
 
 
-QUICK = ControlSizes(6, 1, 3, 3, 6)
+QUICK = ControlSizes(5, 1, 2, 2, 4)
 FULL = ControlSizes(100, 8, 10, 40, 150)
 
 

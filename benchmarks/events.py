@@ -71,16 +71,16 @@ class EventSizes:
 
 QUICK = EventSizes(
     window=1.0,
-    ramp=(2000, 4000, 8000, 16000, 32000, 64000),
+    ramp=(4000, 8000, 16000, 32000, 64000),
     ramp_step=0.7,
     sockets=100,
     fanout_rate=10.0,
     scale_sockets=200,
     scale_processes=1,
-    ingest_per_job=40_000,
+    ingest_per_job=25_000,
     unpaced=20_000,
-    unpaced_rounds=2,
-    recovery_events=100_000,
+    unpaced_rounds=1,
+    recovery_events=50_000,
 )
 FULL = EventSizes(
     window=5.0,

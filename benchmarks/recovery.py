@@ -10,7 +10,7 @@ from the kill until ``head`` answers on the restarted actor, with the whole hist
 Ray's restart of the process costs by itself. It also prints the log's bytes per event and
 the restore alone (a ``LogWriter`` over the file, in this process).
 
-``benchmarks/run.py`` runs it as its ``recovery`` scenario (200,000 events with --quick).
+``benchmarks/run.py`` runs it as its ``recovery`` scenario (50,000 events with --quick).
 """
 
 from __future__ import annotations

@@ -25,10 +25,10 @@ once, memory per job actor).
 
 One ``address="local"`` Ray with the dashboard (Ray Jobs needs it) runs the control plane
 and a trivial Serve WebSocket app for the baselines; everything is stopped at the end.
-``--quick`` (what CI runs, to see that it works) takes about three minutes on 2 CPUs; a full
-run takes about ten, writes ``benchmarks/results/<date>.json`` and rewrites the table
-between the bench markers in README.md. A failed scenario leaves a FAILED row naming its
-error, the others run on, and the exit code is 1.
+``--quick`` (what CI runs, to see that it works) takes under two and a half minutes on 2
+CPUs; a full run takes about twenty-five, writes ``benchmarks/results/<date>.json`` and
+rewrites the table between the bench markers in README.md. A failed scenario leaves a
+FAILED row naming its error, the others run on, and the exit code is 1.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def guard_memory(stop: threading.Event) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, about three minutes")
+    parser.add_argument("--quick", action="store_true", help="small sizes, under three minutes")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the rows here")
     parser.add_argument(
         "--only",
