@@ -26,8 +26,10 @@ same way). Live entries are dropped meanwhile, rounds of history are read after 
 queued entry as the writer makes room, and the last round holds live entries and merges them
 like a replay. When more than a queue's worth piles up behind that drain (the client reads
 slower than the events come), it goes back to the rounds after the last entry it queued:
-the history holds them, the replica need not. Only a client that the history leaves
-behind, or that reads nothing, is closed as slow.
+the history holds them, the replica need not. The drain of a subscribe's replay does the
+same once it has queued past the replay (the entries before it came from no round: only
+the replay has them). Only a client that the history leaves behind, or that reads nothing,
+is closed as slow.
 
 ``tests/unit/test_seam.py`` drives both, with the subscription index and a log, through
 random interleavings of subscribes, unsubscribes, live batches and replies (hypothesis).
@@ -204,6 +206,7 @@ class SocketSeam:
     __slots__ = (
         "claimed",
         "coverage",
+        "drain_floor",
         "floor",
         "merge",
         "rejoin_limit",
@@ -223,7 +226,11 @@ class SocketSeam:
         # live entries up to ``floor``, the highest one, are checked against what it said.
         self.claimed = Coverage()
         self.floor = 0
-        self.resume_after = 0  # catching up: every entry up to it was queued
+        self.resume_after = 0  # the last entry a round or a drain queued
+        # A drain goes back to the history only once it queued an entry past this: a
+        # replay (up to its ``live_from``) or an unsubscribe (up to the reader's cursor) says
+        # the socket was given entries that only the drain holds until then.
+        self.drain_floor = 0
 
     def went_live(self, cursor: int) -> None:
         """The socket gets broadcasts and its own ``send_to_client`` events after ``cursor``."""
@@ -249,6 +256,7 @@ class SocketSeam:
         at = min(cursor, self.resume_after) if self.rejoining else cursor
         for channel in channels:
             self.coverage.close(channel, at)
+        self.drain_floor = max(self.drain_floor, at)
 
     def replayed(
         self,
@@ -268,6 +276,7 @@ class SocketSeam:
         ]
         for key in (*channels, BROADCASTS, DIRECT):
             self.coverage.add(key, start, live_from)
+        self.drain_floor = max(self.drain_floor, live_from)
         return len(kept), self.merge.replayed(kept)
 
     def replay_failed(self) -> bool:
@@ -289,17 +298,20 @@ class SocketSeam:
             return Offer.DROP
         merge = self.merge
         if (
-            self.rejoining
-            and merge.state is MergeState.DRAINING
+            merge.state is MergeState.DRAINING
             and len(merge) >= self.rejoin_limit
+            and not merge.pending  # a replay asked for during the drain: it has a floor too
+            and (self.rejoining or self.resume_after > self.drain_floor)
         ):
-            merge.back_to_history()  # rounds go on after the last entry queued (sent())
+            # Rounds go on after the last entry queued (sent()): the drain is past its
+            # floor, so all before that entry was queued, and nothing after it.
+            merge.back_to_history()
+            self.rejoining = True
         return merge.live(entry)
 
     def sent(self, entry: LogEntry) -> None:
-        """``entry`` was queued for the socket (from a round or a drain)."""
-        if self.rejoining:
-            self.resume_after = max(self.resume_after, entry.seq)
+        """``entry`` was queued for the socket (from a round or a drain, in seq order)."""
+        self.resume_after = max(self.resume_after, entry.seq)
 
     # --- catching up -----------------------------------------------------------------------
 

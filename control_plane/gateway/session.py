@@ -136,6 +136,7 @@ class Session:
         "_catchers",
         "_caught_up",
         "_closer",
+        "_draining",
         "_expiry",
         "_gone",
         "_protocol",
@@ -203,6 +204,7 @@ class Session:
         self._closer: asyncio.Task[None] | None = None
         self._catchers: dict[int, asyncio.Task[None]] | None = None  # shard -> its catch-up
         self._caught_up: asyncio.Event | None = None  # set while catching up: subscribes wait
+        self._draining: set[int] | None = None  # the shards whose drain runs
         self._requests: set[asyncio.Task[None]] | None = None
         self._reading: asyncio.Task[Any] | None = None  # run()'s task, while it reads
         self._stop_reading = False  # the close cancelled the read loop (run() carries on)
@@ -315,14 +317,17 @@ class Session:
             self.delivered += 1
         elif self.seams[shard].fell_behind(entry):
             # It reads, but the events come faster: go on from the hub's history.
-            self.manager.catch_ups += 1
-            if self._caught_up is None:
-                self._caught_up = asyncio.Event()
-            if self._catchers is None:
-                self._catchers = {}
-            self._catchers[shard] = asyncio.get_running_loop().create_task(self._catch_up(shard))
+            self._start_catching_up(shard)
         else:
             self._slow(f"{len(self.outbox)} events queued")
+
+    def _start_catching_up(self, shard: int) -> None:
+        self.manager.catch_ups += 1
+        if self._caught_up is None:
+            self._caught_up = asyncio.Event()
+        if self._catchers is None:
+            self._catchers = {}
+        self._catchers[shard] = asyncio.get_running_loop().create_task(self._catch_up(shard))
 
     async def _catch_up(self, shard: int = 0) -> None:
         """Rounds of the hub's (shard's) history after the last queued entry, each when the
@@ -708,14 +713,34 @@ class Session:
     async def _drain(self, shard: int = 0) -> None:
         """Send the replay and the live entries held meanwhile (of shard ``shard``), in seq
         order. A replay may be far larger than the send queue, so it waits for room; a
-        client that takes no frame for ``max_lag`` is slow."""
+        client that takes no frame for ``max_lag`` is slow. One drain runs at a time (the
+        running one takes the next batch), so that batches go out in seq order. When more
+        piles up behind it than a queue's worth, it goes back to the hub's history."""
+        draining = self._draining
+        if draining is None:
+            draining = self._draining = set()
+        elif shard in draining:
+            return
+        draining.add(shard)
         seam = self.seams[shard]
-        while batch := seam.next_batch():
-            for entry in batch:
-                if seam.claimed_since(entry):
-                    continue  # a subscribe with ``since`` said so while the batch went out
-                if not await self._put(entry, shard) or seam.catching_up:
-                    return  # closing, or back to the history (the rounds go on)
+        try:
+            while batch := seam.next_batch():
+                for entry in batch:
+                    if seam.claimed_since(entry):
+                        continue  # a subscribe with ``since`` said so while the batch went out
+                    if not await self._put(entry, shard) or seam.catching_up:
+                        return  # closing, or back to the history (the rounds go on)
+        finally:
+            draining.discard(shard)
+            if not draining and self._draining is draining:
+                self._draining = None
+            catchers = self._catchers
+            if (
+                seam.catching_up
+                and not self.closing
+                and (catchers is None or shard not in catchers)
+            ):
+                self._start_catching_up(shard)  # a subscribe's drain fell behind
 
     async def _put(self, entry: LogEntry, shard: int = 0) -> bool:
         """Queue a replayed entry, waiting for room; False when the socket is closing."""

@@ -134,6 +134,51 @@ def test_a_drain_that_falls_behind_after_the_last_round_goes_back_to_the_history
     assert seam.live(entry(9)) is Offer.SEND
 
 
+def test_a_subscribe_drain_that_falls_behind_past_its_replay_goes_back_to_the_history() -> None:
+    seam = SocketSeam(max_held=100, rejoin_limit=3)
+    seam.went_live(0)
+    seam.subscribed(["job:a"], live_from=4, since=0)  # replay (0, 4], live held after 4
+    assert seam.live(entry(5)) is Offer.HELD
+    _, drain = seam.replayed(["job:a"], [entry(q) for q in range(1, 5)], start=0, live_from=4)
+    batch = seam.next_batch()
+    assert drain and [e.seq for e in batch] == [1, 2, 3, 4, 5]
+    for e in batch[:3]:
+        seam.sent(e)  # the client reads slowly: the replay is not all queued ...
+    assert [seam.live(entry(q)) for q in (6, 7, 8, 9)] == [Offer.HELD] * 4
+    assert not seam.catching_up  # ... and only the replay has 4: no round would bring it
+    for e in batch[3:]:
+        seam.sent(e)  # past the replay
+    assert seam.live(entry(10)) is Offer.DROP  # four wait behind it: back to the rounds
+    assert seam.catching_up and seam.rejoining and seam.next_batch() == []
+    assert seam.catch_up_round(cursor=10, chunk=8) == (5, 10, True)  # after the last queued
+    _, drain = seam.caught_up([entry(q) for q in range(6, 11)], 10, True)
+    assert drain and [e.seq for e in seam.next_batch()] == [6, 7, 8, 9, 10]
+    assert seam.next_batch() == [] and not seam.rejoining
+    assert seam.live(entry(11)) is Offer.SEND
+
+
+def test_an_unsubscribe_during_a_drain_keeps_it_until_the_drain_is_past_the_cursor() -> None:
+    seam = SocketSeam(max_held=100, rejoin_limit=2)
+    seam.went_live(0)
+    seam.subscribed(["job:a", "*"], live_from=0, since=0)
+    for q in (1, 2):
+        seam.live(entry(q))
+    seam.replayed(["job:a", "*"], [], start=0, live_from=0)
+    batch = seam.next_batch()
+    seam.sent(batch[0])
+    # Unsubscribed at the reader's cursor 2: entry 2 is the drain's to send, not a round's
+    # (the closed range says job:a's 2 was given).
+    seam.unsubscribed(["job:a"], cursor=2)
+    assert [seam.live(entry(q)) for q in (3, 4, 5)] == [Offer.HELD] * 3
+    seam.sent(batch[1])
+    assert seam.live(entry(6)) is Offer.HELD  # at the cursor, not past it: the drain goes on
+    batch = seam.next_batch()
+    assert [e.seq for e in batch] == [3, 4, 5, 6]
+    seam.sent(batch[0])
+    assert [seam.live(entry(q)) for q in (7, 8, 9)] == [Offer.HELD, Offer.HELD, Offer.DROP]
+    assert seam.catching_up and seam.catch_up_round(cursor=9, chunk=8) == (3, 9, True)
+
+
 def test_a_socket_cannot_catch_up_while_a_replay_is_under_way() -> None:
     seam = SocketSeam(max_held=100)
     seam.subscribed(["job:a"], 0, since=0)
@@ -237,6 +282,9 @@ class Replica:
         sock = self.socks[client]
         if not sock.seam.catching_up:
             return
+        # A drain that went back to the history drops its batch before any round (the
+        # session's rounds wait for it).
+        sock.batch, sock.draining = [], False
         after, upto, last = sock.seam.catch_up_round(self.cursor, chunk)
         channels = sorted(self.index.channels_of(client))
         reply = self.log.replay(after, channels, None, client, upto)
@@ -329,6 +377,22 @@ operation = st.one_of(
         ("drain", "c0"),
         ("subscribe", "c0", ["job:a"], 0),
         ("reply", 0),
+    ]
+)
+@example(  # a subscribe's drain falls behind and goes back to the history; an unsubscribe
+    # while its batch was half queued closed job:a at an entry only the drain had
+    [
+        ("append", "job:a", "job.progress", TARGET_CHANNEL, 4),
+        ("append", "job:a", "job.progress", TARGET_CHANNEL, 4),
+        ("subscribe", "c2", ["*", "job:a"], 0),
+        ("deliver", 1),
+        ("deliver", 1),
+        ("reply", 0),
+        ("append", "job:a", "job.progress", TARGET_CHANNEL, 4),
+        ("append", "job:a", "job.progress", TARGET_CHANNEL, 4),
+        ("append", "job:a", "job.progress", TARGET_CHANNEL, 4),
+        ("drain", "c2", 1),
+        ("unsubscribe", "c2", ["job:a"]),
     ]
 )
 @example(  # a subscribe with since, while a drain's batch is half queued

@@ -353,6 +353,41 @@ async def test_events_that_pile_up_behind_the_last_round_send_it_back_to_the_his
     assert [f["seq"] for f in ws.events()][-2:] == later and not seam.rejoining
 
 
+async def test_events_that_pile_up_behind_a_subscribes_replay_send_it_to_the_history(manager, hub):
+    """A client reading slower than the events come while its subscribe's replay drains
+    goes on from the history once the replay is out: more than 16 queues' worth held
+    behind the drain closed it as slow (4008) although the history had every entry."""
+    watcher, _ = await open_socket(manager, "watcher")
+    await subscribe(watcher, "job:a")  # the replica's reader takes job:a from now on
+    seqs = hub.emit("a", 3 * CONFIG.send_queue_size)
+    await watcher.wait_for(lambda f: f.get("seq") == seqs[-1])  # they come by the replay:
+    ws, task = await open_socket(manager, "resuming")  # the reader is past them
+    ws.gate = asyncio.Semaphore(0)
+    ws.say({"type": "subscribe", "channels": ["job:a"], "id": "s", "since": 0})
+    seam = manager.sessions["resuming"].seam
+    async with asyncio.timeout(5):
+        while seam.merge.state is not MergeState.DRAINING:
+            await asyncio.sleep(0.01)
+        replayed = seqs[-1]
+        seqs += hub.emit("a", 3 * CONFIG.send_queue_size)  # held behind the replay
+        while not any(f.get("seq") == replayed for f in ws.sent):  # it reads the replay
+            ws.gate.release()
+            await asyncio.sleep(0.005)
+    await asyncio.sleep(0.05)  # the drain queues what was held behind it, as room allows
+    assert seam.merge.state is MergeState.DRAINING
+    seqs += hub.emit("a", 20 * CONFIG.send_queue_size)  # then 20 queues' worth come
+    await asyncio.sleep(0.1)
+    assert manager.slow_closed == 0 and not task.done()
+    gate, ws.gate = ws.gate, None  # it reads at full speed again
+    gate.release()
+    await ws.wait_for(lambda f: f.get("seq") == seqs[-1], timeout=10)
+    assert [f["seq"] for f in ws.events()] == seqs
+    assert manager.slow_closed == 0 and not task.done()
+    later = hub.emit("a", 2)  # live again
+    await ws.wait_for(lambda f: f.get("seq") == later[-1])
+    assert [f["seq"] for f in ws.events()][-2:] == later and not seam.rejoining
+
+
 async def test_a_client_the_history_left_behind_is_closed_as_slow() -> None:
     hub = LogHub(EventLog(capacity=30, epoch="small"))
     manager = WebSocketManager()
