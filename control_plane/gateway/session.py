@@ -282,6 +282,10 @@ class Session:
             self._queue(entry, frame, shard)
         elif offer is Offer.HELD and seam.merge.overflowing:
             self._slow(f"{len(seam.merge)} events held back behind a replay")
+        elif self._caught_up is None and seam.catching_up:
+            # A drain went back to the history (its finally starts the rounds): from now
+            # on a subscribe waits until the socket is live, as while any catch-up runs.
+            self._caught_up = asyncio.Event()
 
     def reply(self, frame: dict[str, Any]) -> None:
         """Queue a reply (ack, error, pong, snapshot, welcome)."""

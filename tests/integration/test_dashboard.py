@@ -13,6 +13,7 @@ import logging
 import statistics
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -373,6 +374,7 @@ async def test_the_page_is_accessible_and_readable_on_a_phone_in_the_dark(
     await assert_accessible(tab, "a job's page, phone, dark")
 
 
+@pytest.mark.timeout(600)
 async def test_frame_time_while_50_jobs_report_10_times_a_second(
     plane: Any, dash: Dashboard
 ) -> None:
@@ -387,7 +389,13 @@ async def test_frame_time_while_50_jobs_report_10_times_a_second(
         "(ids) => ids.filter((id) => { const j = dashboard.jobs.get(id);"
         " return j && j.state === 'running' && j.progress > 0; }).length"
     )
-    await tab.wait_for_function(f"({running})({json.dumps(ids)}) === 50", timeout=300_000)
+    # Fifty cold actors start on two CPUs: a minute or two here, once over five in CI.
+    seen, deadline = 0, asyncio.get_running_loop().time() + 500
+    while (seen := await tab.evaluate(f"({running})({json.dumps(ids)})")) < 50:
+        if asyncio.get_running_loop().time() > deadline:
+            states = Counter(j.status().state for j in jobs)
+            raise AssertionError(f"{seen} of 50 jobs show progress on the page; {states}")
+        await asyncio.sleep(1)
     await tab.evaluate(
         "Object.assign(dashboard.perf, {renders: 0, renderMs: 0, renderMax: 0, events: 0,"
         " eventMs: 0})"
