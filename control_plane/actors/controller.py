@@ -674,7 +674,11 @@ class Controller:
     async def _settled_status(self, job_id: str, command: str) -> JobStatus:
         record = self._record(job_id)
         await self._settled(job_id, 1.0)
-        done = {"cancel": JobState.CANCELLED, "suspend": JobState.SUSPENDED}.get(command)
+        if record.state is JobState.SUSPENDED:
+            # Its actor ended for a suspend (a resume or cancel right after the suspend's
+            # answer): the controller answers for a suspended job.
+            return await self._command_suspended(job_id, command)
+        done = {"cancel": JobState.CANCELLED}.get(command)
         if record.state is not done:
             raise InvalidTransitionError(job_id, record.state.value, command)
         return record.status()
