@@ -678,10 +678,9 @@ class Controller:
             # Its actor ended for a suspend (a resume or cancel right after the suspend's
             # answer): the controller answers for a suspended job.
             return await self._command_suspended(job_id, command)
-        done = {"cancel": JobState.CANCELLED}.get(command)
-        if record.state is not done:
-            raise InvalidTransitionError(job_id, record.state.value, command)
-        return record.status()
+        if command == "cancel" and record.state is JobState.CANCELLED:
+            return record.status()
+        raise InvalidTransitionError(job_id, record.state.value, command)
 
     async def _command_suspended(self, job_id: str, command: str) -> JobStatus:
         """A suspended job has no actor: the controller answers for it."""

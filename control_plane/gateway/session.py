@@ -204,7 +204,7 @@ class Session:
         self._closer: asyncio.Task[None] | None = None
         self._catchers: dict[int, asyncio.Task[None]] | None = None  # shard -> its catch-up
         self._caught_up: asyncio.Event | None = None  # set while catching up: subscribes wait
-        self._draining: set[int] | None = None  # the shards whose drain runs
+        self._draining = 0  # a bit per shard whose drain runs
         self._requests: set[asyncio.Task[None]] | None = None
         self._reading: asyncio.Task[Any] | None = None  # run()'s task, while it reads
         self._stop_reading = False  # the close cancelled the read loop (run() carries on)
@@ -720,12 +720,10 @@ class Session:
         client that takes no frame for ``max_lag`` is slow. One drain runs at a time (the
         running one takes the next batch), so that batches go out in seq order. When more
         piles up behind it than a queue's worth, it goes back to the hub's history."""
-        draining = self._draining
-        if draining is None:
-            draining = self._draining = set()
-        elif shard in draining:
+        bit = 1 << shard
+        if self._draining & bit:
             return
-        draining.add(shard)
+        self._draining |= bit
         seam = self.seams[shard]
         try:
             while batch := seam.next_batch():
@@ -735,9 +733,7 @@ class Session:
                     if not await self._put(entry, shard) or seam.catching_up:
                         return  # closing, or back to the history (the rounds go on)
         finally:
-            draining.discard(shard)
-            if not draining and self._draining is draining:
-                self._draining = None
+            self._draining &= ~bit
             catchers = self._catchers
             if (
                 seam.catching_up

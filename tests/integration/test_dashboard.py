@@ -390,7 +390,7 @@ async def test_frame_time_while_50_jobs_report_10_times_a_second(
         " return j && j.state === 'running' && j.progress > 0; }).length"
     )
     # Fifty cold actors start on two CPUs: a minute or two here, once over five in CI.
-    seen, deadline = 0, asyncio.get_running_loop().time() + 500
+    deadline = asyncio.get_running_loop().time() + 500
     while (seen := await tab.evaluate(f"({running})({json.dumps(ids)})")) < 50:
         if asyncio.get_running_loop().time() > deadline:
             states = Counter(j.status().state for j in jobs)
